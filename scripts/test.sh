@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The project's test command (README "Run the tests"; CI runs exactly this through .ci/run).
+#
+# 1. Creates .venv (if missing) and installs nhlink from this checkout with its test and lint
+#    tools; the Cython extensions are REQUIRED here (a failed compile is an error).
+# 2. Prepares the Autobahn|Testsuite (Python 2.7 environment, cached outside the work tree).
+# 3. ruff + mypy --strict, then the whole suite twice: compiled core, then NHLINK_NO_EXTENSIONS=1.
+#
+# Environment: PYTHON (interpreter for the venv, default python3), NHLINK_AUTOBAHN=0 to skip the
+# conformance run (it needs pyenv's Python 2.7), PYTEST_ARGS (extra pytest arguments).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+NHLINK_REQUIRE_EXTENSIONS=1 .venv/bin/python -m pip install -q -e ".[test,lint]"
+.venv/bin/python -c 'import nhlink._core as c; assert c.IMPLEMENTATION == "cython", c.IMPLEMENTATION; print("core:", c.IMPLEMENTATION)'
+
+export NHLINK_AUTOBAHN=${NHLINK_AUTOBAHN:-1}
+if [ "$NHLINK_AUTOBAHN" = "1" ]; then
+    bash scripts/autobahn/setup.sh
+fi
+
+echo "== ruff"; .venv/bin/ruff check src tests benchmarks scripts
+echo "== mypy --strict"; .venv/bin/mypy
+echo "== pytest, compiled core"
+NHLINK_REQUIRE_EXTENSIONS=1 .venv/bin/python -m pytest ${PYTEST_ARGS:-}
+echo "== pytest, pure-Python core (NHLINK_NO_EXTENSIONS=1)"
+NHLINK_NO_EXTENSIONS=1 .venv/bin/python -m pytest ${PYTEST_ARGS:-}

@@ -1,0 +1,1 @@
+_digest_py.py

@@ -1,0 +1,133 @@
+# C types for _frames_c.py, the symlink through which Cython compiles _frames_py.py (pure-Python
+# mode: this file augments that source; the source itself never imports cython). Everything
+# declared here must keep the meaning it has in Python: module constants typed here become C
+# values invisible to Python, so only private names are typed.
+
+cimport cython
+
+cdef int _OP_CONT
+cdef int _OP_TEXT
+cdef int _OP_BINARY
+cdef int _OP_CLOSE
+cdef int _OP_PING
+cdef int _OP_PONG
+cdef int _NO_MESSAGE
+
+cdef int _ST_HEADER
+cdef int _ST_PAYLOAD
+
+cdef Py_ssize_t _MAX_HEADER
+cdef Py_ssize_t _MAX_CONTROL_PAYLOAD
+
+cdef int _CLOSE_PROTOCOL_ERROR
+cdef int _CLOSE_INVALID_DATA
+cdef int _CLOSE_MESSAGE_TOO_BIG
+
+cdef unsigned int _UTF8_ACCEPT
+cdef unsigned int _UTF8_REJECT
+cdef bytes _UTF8_CLASSES
+cdef bytes _UTF8_TRANSITIONS
+
+cdef bint _COMPILED
+
+cdef object _pack_header_7
+cdef object _pack_header_16
+cdef object _pack_header_64
+cdef object _pack_close_code
+cdef object _utf8_decode
+cdef object _mask_with_header
+
+
+@cython.locals(
+    i=Py_ssize_t,
+    classes="const unsigned char *",
+    transitions="const unsigned char *",
+)
+cdef unsigned int _utf8_scan(unsigned int state, const unsigned char *data, Py_ssize_t n) noexcept
+
+cdef bint _utf8_valid(bytes payload) except -1
+
+@cython.locals(code=int, n=Py_ssize_t)
+cpdef tuple parse_close_payload(object payload)
+
+cdef bint _close_code_valid(int code) noexcept
+
+
+cdef class Utf8Validator:
+    cdef unsigned int _state
+    cdef bytes _pending
+
+    cpdef reset(self)
+
+    @cython.locals(state="unsigned int", consumed=Py_ssize_t, pending=bytes)
+    cpdef feed(self, object data, bint final=*)
+
+
+@cython.freelist(64)
+cdef class Frame:
+    cdef public int opcode
+    cdef public bint fin
+    cdef public bint rsv1
+    cdef public bytes payload
+
+
+@cython.locals(frame=Frame)
+cdef Frame _new_frame(int opcode, bytes payload, bint fin, bint rsv1)
+
+
+cdef class FrameParser:
+    cdef long long _max_frame_size
+    cdef long long _max_message_size
+    cdef bint _allow_rsv1
+    cdef bint _validate_utf8
+
+    cdef int _state
+    cdef bytes _tail
+
+    cdef int _opcode
+    cdef bint _fin
+    cdef bint _rsv1
+    cdef bint _check_text
+    cdef long long _remaining
+    cdef list _parts
+
+    cdef int _msg_opcode
+    cdef bint _msg_rsv1
+    cdef long long _msg_size
+
+    cdef Utf8Validator _validator
+    cdef object _error
+
+    cpdef list feed(self, object data)
+
+    @cython.locals(
+        n=Py_ssize_t,
+        pos=Py_ssize_t,
+        end=Py_ssize_t,
+        tail_len=Py_ssize_t,
+        avail=Py_ssize_t,
+        remaining="long long",
+        head=bytes,
+        piece=bytes,
+        payload=bytes,
+    )
+    cdef void _parse(self, bytes data, list frames) except *
+
+    @cython.locals(
+        p="const unsigned char *",
+        b0="unsigned char",
+        b1="unsigned char",
+        length7=int,
+        opcode=int,
+        fin=bint,
+        rsv1=bint,
+        check_text=bint,
+        hlen=Py_ssize_t,
+        i=Py_ssize_t,
+        length="unsigned long long",
+        size="long long",
+    )
+    cdef Py_ssize_t _header(self, bytes buf, Py_ssize_t pos, Py_ssize_t n) except -2
+
+    @cython.locals(opcode=int, fin=bint)
+    cdef Frame _complete(self, bytes payload)

@@ -1,0 +1,100 @@
+"""Every string nhlink puts on (or reads off) the wire, spelled once, with its PROTOCOL.md section.
+
+Statuses are the current server's enumeration (§7.4): sending anything else crashes its device
+channel, which is why the Elixir client's ``fwup_complete``/``update_failed``/``reschedule`` are
+not here.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# §2.1–2.2 — socket URL
+DEVICE_SOCKET_PATH: Final = "/device-socket/websocket"
+LEGACY_SOCKET_PATH: Final = "/socket/websocket"  # device endpoint only; the browser socket on web hosts
+VSN_QUERY: Final = "vsn=2.0.0"
+
+# §2.5 / §3 — HTTP upgrade
+HEADER_CONNECTION_ERROR_REASON: Final = "nh-connection-error-reason"
+HEADER_ALG: Final = "x-nh-alg"
+HEADER_KEY: Final = "x-nh-key"
+HEADER_TIME: Final = "x-nh-time"
+HEADER_SIGNATURE: Final = "x-nh-signature"
+NH1_ALG: Final = "NH1-HMAC-sha256-1000-32"
+
+# §4.2–4.3 — Phoenix control events and topics
+TOPIC_PHOENIX: Final = "phoenix"
+TOPIC_DEVICE: Final = "device"
+TOPIC_EXTENSIONS: Final = "extensions"
+EVENT_JOIN: Final = "phx_join"
+EVENT_LEAVE: Final = "phx_leave"
+EVENT_REPLY: Final = "phx_reply"
+EVENT_CLOSE: Final = "phx_close"
+EVENT_ERROR: Final = "phx_error"
+EVENT_HEARTBEAT: Final = "heartbeat"
+REPLY_OK: Final = "ok"
+REPLY_ERROR: Final = "error"
+
+# §6.2 — device join parameters
+JOIN_FW_PREFIX: Final = "nerves_fw_"
+JOIN_DEVICE_API_VERSION: Final = "device_api_version"
+JOIN_CURRENTLY_DOWNLOADING_UUID: Final = "currently_downloading_uuid"
+JOIN_META: Final = "meta"
+META_FIRMWARE_VALIDATED: Final = "firmware_validated"
+META_AUTO_REVERT_DETECTED: Final = "firmware_auto_revert_detected"
+DEVICE_API_VERSION: Final = "2.2.0"  # gates extensions (≥ 2.2.0); §6.2
+REQUIRED_FIRMWARE_META: Final = ("uuid", "product", "architecture", "version", "platform")
+
+# §6.4 — server → device on "device"
+EVENT_UPDATE: Final = "update"
+EVENT_REBOOT: Final = "reboot"
+EVENT_IDENTIFY: Final = "identify"
+EVENT_EXTENSIONS_GET: Final = "extensions:get"
+EVENT_SCRIPTS_RUN: Final = "scripts/run"
+EVENT_ARCHIVE: Final = "archive"
+EVENT_FWUP_PUBLIC_KEYS: Final = "fwup_public_keys"
+EVENT_ARCHIVE_PUBLIC_KEYS: Final = "archive_public_keys"
+
+# §6.5 — device → server on "device" (never replied to)
+EVENT_STATUS_UPDATE: Final = "status_update"
+EVENT_FWUP_PROGRESS: Final = "fwup_progress"
+EVENT_FIRMWARE_VALIDATED: Final = "firmware_validated"
+EVENT_REBOOTING: Final = "rebooting"
+
+# §7.4 — the only status strings the current server accepts
+STATUS_RECEIVED: Final = "received"
+STATUS_STARTED: Final = "started"
+STATUS_DOWNLOADING: Final = "downloading"
+STATUS_UPDATING: Final = "updating"
+STATUS_COMPLETED: Final = "completed"
+STATUS_IGNORED: Final = "ignored"
+STATUS_RESCHEDULED: Final = "rescheduled"
+STATUS_FAILED: Final = "failed"
+STATUSES: Final = frozenset(
+    {
+        STATUS_RECEIVED,
+        STATUS_STARTED,
+        STATUS_DOWNLOADING,
+        STATUS_UPDATING,
+        STATUS_COMPLETED,
+        STATUS_IGNORED,
+        STATUS_RESCHEDULED,
+        STATUS_FAILED,
+    }
+)
+PROGRESS_STAGE_DOWNLOADING: Final = "downloading"
+PROGRESS_STAGE_UPDATING: Final = "updating"
+
+# §8 — extensions channel
+EXTENSION_ATTACH: Final = "attach"
+EXTENSION_DETACH: Final = "detach"
+EXTENSION_ATTACHED_SUFFIX: Final = ":attached"
+EXTENSION_DETACHED_SUFFIX: Final = ":detached"
+EXTENSION_ERROR_SUFFIX: Final = ":error"
+EXTENSION_DETACH_REPLY: Final = "detach"  # bare-string error response, §8.2
+
+# §4.4 — close codes seen from NervesHub
+CLOSE_NORMAL: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001  # same identity connected elsewhere
+CLOSE_PROTOCOL_ERROR: Final = 1002  # also Bandit's idle timeout
+CLOSE_SERVICE_RESTART: Final = 1012  # server draining

@@ -222,6 +222,7 @@ class ClientConnection:
         self._fragment_opcode = 0
         self._fragment_compressed = False
         self.response_headers: dict[str, str] = {}
+        self.response_started = False  # any byte of the upgrade response received
         self.pongs: deque[bytes] = deque()
         self.close_sent = False
         self.close_received = False
@@ -298,6 +299,7 @@ class ClientConnection:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     def _receive_handshake(self, data: bytes) -> list[Message]:
+        self.response_started = True
         self._head += data
         if self._error_status is not None:
             return self._receive_error_body()

@@ -97,8 +97,10 @@ class WebSocket:
         *,
         close_timeout: float,
         read_limit: int,
+        secure: bool = False,
     ) -> None:
         self._conn = conn
+        self._secure = secure
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._messages: deque[Message] = deque()
@@ -214,25 +216,34 @@ class WebSocket:
         try:
             self._conn.receive_eof()
         except HandshakeError as exc:
-            if not self._opened.done():
-                self._opened.set_exception(exc)
+            self._handshake_failed(exc)
         self._wake()
 
+    def _handshake_failed(self, exc: Exception) -> None:
+        if self._opened.done():
+            return
+        if self._secure and not self._conn.response_started and not isinstance(
+            exc, TLSVerificationError
+        ):
+            # TLS 1.3 servers refuse a client certificate after the client's handshake is done:
+            # the connection then ends before any HTTP response.
+            exc = TLSVerificationError(
+                "the server closed the TLS connection before answering the WebSocket upgrade "
+                f"(with TLS 1.3 this is how a refused client certificate shows): {exc}"
+            )
+        self._opened.set_exception(exc)
+
     def _connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, ssl_module.SSLError):
+            self._handshake_failed(TLSVerificationError(f"TLS: the server refused us: {exc}"))
         if self._conn.state != CLOSED:
             try:
                 self._conn.receive_eof()
             except HandshakeError as hexc:
-                if not self._opened.done():
-                    self._opened.set_exception(hexc)
-        if not self._opened.done():
-            if isinstance(exc, ssl_module.SSLError):
-                # TLS 1.3: a refused client certificate shows up after the TLS handshake.
-                self._opened.set_exception(TLSVerificationError(f"TLS: the server refused us: {exc}"))
-            else:
-                self._opened.set_exception(
-                    HandshakeError(f"connection lost during the opening handshake: {exc or 'EOF'}")
-                )
+                self._handshake_failed(hexc)
+        self._handshake_failed(
+            HandshakeError(f"connection lost during the opening handshake: {exc or 'EOF'}")
+        )
         self._lost_exc = exc
         if self._close_timer is not None:
             self._close_timer.cancel()
@@ -534,7 +545,9 @@ class connect:  # noqa: N801 - used like a function: ``await connect(...)`` / ``
             compression=self._compression,
             user_agent=self._user_agent,
         )
-        ws = WebSocket(conn, close_timeout=self._close_timeout, read_limit=self._read_limit)
+        ws = WebSocket(
+            conn, close_timeout=self._close_timeout, read_limit=self._read_limit, secure=secure
+        )
         loop = asyncio.get_running_loop()
         ssl_ctx: ssl_module.SSLContext | None = None
         if secure:
@@ -557,6 +570,14 @@ class connect:  # noqa: N801 - used like a function: ``await connect(...)`` / ``
             raise TLSVerificationError(f"TLS handshake with {host}:{port} failed: {exc}") from exc
         except socket.gaierror as exc:
             raise ConnectFailed(f"cannot resolve host {host!r}: {exc.strerror}") from exc
+        except (ConnectionResetError, ConnectionAbortedError) as exc:
+            if not secure:
+                raise ConnectFailed(f"connection to {host}:{port} reset: {exc}") from exc
+            # TLS 1.2 servers refuse a client certificate with an alert and a reset.
+            raise TLSVerificationError(
+                f"TLS handshake with {host}:{port} failed: the server dropped the connection "
+                "(it may have refused the client certificate, or be shedding load)"
+            ) from exc
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
         try:

@@ -1,0 +1,149 @@
+"""wss:// against the websockets library's server with certificates generated at test time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from nhlink.errors import ConfigError, TLSVerificationError
+from nhlink.testing.certs import PKI, create_pki
+from nhlink.transport import client_ssl_context, connect
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    return create_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _server_context(pki: PKI, *, require_client: bool, tls13: bool) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki.server.cert, pki.server.key)
+    if not tls13:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    if require_client:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=pki.ca.cert)
+    return ctx
+
+
+async def _peer_cn(ws: ServerConnection) -> None:
+    sslobj = ws.transport.get_extra_info("ssl_object")
+    cert = sslobj.getpeercert() if sslobj is not None else None
+    cn = ""
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                cn = value
+    await ws.send(f"cn={cn}")
+    async for message in ws:
+        await ws.send(message)
+
+
+async def _start(pki: PKI, *, require_client: bool = False, tls13: bool = True) -> tuple[object, str]:
+    server = await serve(
+        _peer_cn, "127.0.0.1", 0, ssl=_server_context(pki, require_client=require_client, tls13=tls13)
+    )
+    port = server.sockets[0].getsockname()[1]
+    return server, f"wss://127.0.0.1:{port}/"
+
+
+@pytest.fixture
+async def tls_url(pki: PKI) -> AsyncIterator[str]:
+    server, url = await _start(pki)
+    yield url
+    server.close()  # type: ignore[attr-defined]
+
+
+async def test_verified_server(pki: PKI, tls_url: str) -> None:
+    ctx = client_ssl_context(cafile=pki.ca.cert)
+    async with connect(tls_url, ssl=ctx) as ws:
+        assert await ws.recv() == "cn="
+        await ws.send_text("over tls")
+        assert await ws.recv() == "over tls"
+
+
+async def test_untrusted_server_rejected(pki: PKI, tls_url: str) -> None:
+    ctx = client_ssl_context(cafile=pki.untrusted_ca.cert)
+    with pytest.raises(TLSVerificationError, match="did not verify"):
+        await connect(tls_url, ssl=ctx)
+
+
+async def test_system_store_does_not_trust_test_ca(tls_url: str) -> None:
+    with pytest.raises(TLSVerificationError):
+        await connect(tls_url)  # default context: verification on, system CAs
+
+
+async def test_hostname_checked(pki: PKI, tls_url: str) -> None:
+    ctx = client_ssl_context(cafile=pki.ca.cert)
+    with pytest.raises(TLSVerificationError, match="did not verify"):
+        await connect(tls_url, ssl=ctx, server_hostname="not-the-hub.example")
+
+
+async def test_disabling_verification_is_loud(
+    pki: PKI, tls_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="nhlink.transport.tls"):
+        ctx = client_ssl_context(dangerously_disable_verification=True)
+    assert "DISABLED" in caplog.text
+    async with connect(tls_url, ssl=ctx) as ws:
+        assert await ws.recv() == "cn="
+
+
+@pytest.mark.parametrize("tls13", [False, True])
+async def test_mtls_device_certificate(pki: PKI, tls13: bool) -> None:
+    server, url = await _start(pki, require_client=True, tls13=tls13)
+    try:
+        device = pki.device("gw-0001")
+        ctx = client_ssl_context(cafile=pki.ca.cert, certfile=device.cert, keyfile=device.key)
+        async with connect(url, ssl=ctx) as ws:
+            assert await ws.recv() == "cn=gw-0001"
+    finally:
+        server.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("tls13", [False, True])
+async def test_rejected_client_certificate(pki: PKI, tls13: bool) -> None:
+    server, url = await _start(pki, require_client=True, tls13=tls13)
+    try:
+        stranger = pki.device("intruder", trusted=False)
+        ctx = client_ssl_context(cafile=pki.ca.cert, certfile=stranger.cert, keyfile=stranger.key)
+        with pytest.raises(TLSVerificationError):
+            await asyncio.wait_for(connect(url, ssl=ctx), 10)
+    finally:
+        server.close()  # type: ignore[attr-defined]
+
+
+async def test_chain_file_is_sent(pki: PKI, tmp_path: Path) -> None:
+    server, url = await _start(pki, require_client=True)
+    try:
+        device = pki.device("gw-chain")
+        ctx = client_ssl_context(
+            cafile=pki.ca.cert, certfile=device.cert, keyfile=device.key, chainfile=pki.ca.cert
+        )
+        async with connect(url, ssl=ctx) as ws:
+            assert await ws.recv() == "cn=gw-chain"
+    finally:
+        server.close()  # type: ignore[attr-defined]
+
+
+def test_config_errors(pki: PKI, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        client_ssl_context(cafile=tmp_path / "missing.pem")
+    assert info.value.option == "ca_file"
+    with pytest.raises(ConfigError) as info:
+        client_ssl_context(certfile=pki.server.cert)
+    assert info.value.option == "device_cert"
+    with pytest.raises(ConfigError) as info:
+        client_ssl_context(certfile=pki.server.cert, keyfile=pki.ca.key)  # key does not match
+    assert info.value.option == "device_cert"
+
+
+async def test_ssl_context_on_plain_url_refused(pki: PKI) -> None:
+    with pytest.raises(ConfigError):
+        await connect("ws://127.0.0.1:9/", ssl=client_ssl_context(cafile=pki.ca.cert))

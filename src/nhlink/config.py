@@ -1,0 +1,255 @@
+"""Options → a frozen, validated :class:`LinkConfig`, before anything connects.
+
+The server joins a device with incomplete firmware metadata and then never updates it
+(PROTOCOL.md §6.2), so every check that can be done locally is done here, each failing with a
+:class:`~nhlink.errors.ConfigError` that names the option.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .protocol import wire
+
+__all__ = ["LinkConfig"]
+
+DEFAULT_NAME = "NervesHubLink"
+
+
+def _text(option: str, value: object, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(option, f"must be a string, not {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise ConfigError(option, "must not be empty")
+    return value
+
+
+def _readable_file(option: str, value: object) -> Path:
+    if not isinstance(value, str | os.PathLike):
+        raise ConfigError(option, "must be a file path")
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(option, f"no such file: {path}")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(option, f"not readable: {path}")
+    return path
+
+
+def _positive(option: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(option, f"must be a positive number, not {value!r}")
+    return float(value)
+
+
+def certificate_common_name(path: Path) -> str | None:
+    """The Subject CN of a PEM certificate — the device identity under mTLS (§3.1)."""
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    if decode is None:  # pragma: no cover - CPython always has it
+        return None
+    try:
+        info = decode(str(path))
+    except (ssl.SSLError, OSError, ValueError):
+        return None
+    for rdn in info.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """Everything a :class:`~nhlink.NervesHubLink` needs, validated. Build with :meth:`build`."""
+
+    host: str
+    port: int
+    ssl: bool
+    path: str
+    firmware_meta: Mapping[str, str]
+    name: str = DEFAULT_NAME
+    # mTLS
+    device_cert: Path | None = None
+    device_key: Path | None = None
+    device_chain: Path | None = None
+    # NH1 shared secret
+    product_key: str | None = None
+    product_secret: str | None = field(default=None, repr=False)
+    identifier: str | None = None
+    # server verification
+    ca_file: Path | None = None
+    dangerously_disable_verification: bool = False
+    # timers and limits
+    heartbeat_interval: float = 30.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    backoff_jitter: float = 0.5
+    connect_timeout: float = 30.0
+    max_message_size: int = 1024 * 1024
+    state_dir: Path | None = None
+    allow_unverified_firmware: bool = False
+    user_agent: str = "nhlink"
+    extra_join_params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def auth_mode(self) -> str:
+        """``"mtls"`` or ``"shared_secret"``."""
+        return "mtls" if self.device_cert is not None else "shared_secret"
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.ssl else "ws"
+        return f"{scheme}://{self.host}:{self.port}{self.path}?{wire.VSN_QUERY}"
+
+    @property
+    def identity(self) -> str:
+        """The device identity the server will see: the certificate CN, or ``identifier``."""
+        if self.device_cert is not None:
+            return certificate_common_name(self.device_cert) or f"cert:{self.device_cert}"
+        assert self.identifier is not None
+        return self.identifier
+
+    def __repr__(self) -> str:
+        # Never show the secret (it is also excluded from the dataclass repr).
+        return (
+            f"LinkConfig(name={self.name!r}, url={self.url!r}, auth={self.auth_mode}, "
+            f"identity={self.identity!r})"
+        )
+
+    @classmethod
+    def build(cls, **options: Any) -> LinkConfig:
+        """Validate keyword options (the names of PROTOCOL.md §14.1 plus the Python extras)."""
+        host = _text("host", options.pop("host", None) or "")
+        port = options.pop("port", 443)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ConfigError("port", f"must be an integer in 1..65535, not {port!r}")
+        use_ssl = options.pop("ssl", True)
+        if not isinstance(use_ssl, bool):
+            raise ConfigError("ssl", "must be True or False")
+        path = _text("path", options.pop("path", wire.DEVICE_SOCKET_PATH))
+        if not path.startswith("/") or "?" in path:
+            raise ConfigError("path", "must start with '/' and carry no query string")
+
+        meta = options.pop("firmware_meta", None)
+        if not isinstance(meta, Mapping):
+            raise ConfigError("firmware_meta", "is required: a mapping with " + ", ".join(
+                wire.REQUIRED_FIRMWARE_META))
+        clean_meta: dict[str, str] = {}
+        for key in wire.REQUIRED_FIRMWARE_META:
+            if key not in meta or meta[key] is None:
+                raise ConfigError(f"firmware_meta.{key}", "is required")
+            clean_meta[key] = _text(f"firmware_meta.{key}", meta[key])
+        for key, value in meta.items():
+            if key in clean_meta or value is None:
+                continue
+            if not isinstance(key, str) or not key:
+                raise ConfigError("firmware_meta", f"keys must be non-empty strings, not {key!r}")
+            clean_meta[key] = _text(f"firmware_meta.{key}", value, allow_empty=True)
+
+        device_cert = options.pop("device_cert", None)
+        device_key = options.pop("device_key", None)
+        device_chain = options.pop("device_chain", None)
+        product_key = options.pop("product_key", None)
+        product_secret = options.pop("product_secret", None)
+        identifier = options.pop("identifier", None)
+        mtls = device_cert is not None or device_key is not None
+        shared = product_key is not None or product_secret is not None
+        if mtls and shared:
+            raise ConfigError(
+                "device_cert", "give either device_cert/device_key (mTLS) or "
+                "product_key/product_secret/identifier (shared secret), not both"
+            )
+        if not mtls and not shared:
+            raise ConfigError(
+                "device_cert", "no authentication configured: give device_cert/device_key (mTLS) "
+                "or product_key/product_secret/identifier (shared secret)"
+            )
+        cert_path = key_path = chain_path = None
+        if mtls:
+            if device_cert is None or device_key is None:
+                raise ConfigError("device_key" if device_key is None else "device_cert",
+                                  "device_cert and device_key go together")
+            if not use_ssl:
+                raise ConfigError("ssl", "mTLS needs ssl=True (wss://)")
+            cert_path = _readable_file("device_cert", device_cert)
+            key_path = _readable_file("device_key", device_key)
+            if device_chain is not None:
+                chain_path = _readable_file("device_chain", device_chain)
+        else:
+            _text("product_key", product_key or "")
+            _text("product_secret", product_secret or "")
+            if not str(product_secret).isascii():
+                raise ConfigError("product_secret", "must be ASCII text")
+            _text("identifier", identifier or "")
+
+        ca_file = options.pop("ca_file", None)
+        ca_path = _readable_file("ca_file", ca_file) if ca_file is not None else None
+        insecure = bool(options.pop("dangerously_disable_verification", False))
+
+        name = _text("name", options.pop("name", DEFAULT_NAME))
+        heartbeat = _positive("heartbeat_interval", options.pop("heartbeat_interval", 30.0))
+        b_initial = _positive("backoff_initial", options.pop("backoff_initial", 1.0))
+        b_max = _positive("backoff_max", options.pop("backoff_max", 60.0))
+        if b_initial > b_max:
+            raise ConfigError("backoff_initial", "must not exceed backoff_max")
+        jitter = options.pop("backoff_jitter", 0.5)
+        if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter <= 1:
+            raise ConfigError("backoff_jitter", "must be within [0, 1]")
+        connect_timeout = _positive("connect_timeout", options.pop("connect_timeout", 30.0))
+        max_message = options.pop("max_message_size", 1024 * 1024)
+        if isinstance(max_message, bool) or not isinstance(max_message, int) or max_message < 4096:
+            raise ConfigError("max_message_size", "must be an integer >= 4096")
+        state_dir = options.pop("state_dir", None)
+        state_path = Path(state_dir) if state_dir is not None else None
+        allow_unverified = bool(options.pop("allow_unverified_firmware", False))
+        user_agent = _text("user_agent", options.pop("user_agent", "nhlink"))
+        extra = options.pop("extra_join_params", {}) or {}
+        if not isinstance(extra, Mapping):
+            raise ConfigError("extra_join_params", "must be a mapping")
+        if options:
+            raise ConfigError(sorted(options)[0], "unknown option")
+        return cls(
+            host=host,
+            port=port,
+            ssl=use_ssl,
+            path=path,
+            firmware_meta=clean_meta,
+            name=name,
+            device_cert=cert_path,
+            device_key=key_path,
+            device_chain=chain_path,
+            product_key=product_key,
+            product_secret=product_secret,
+            identifier=identifier,
+            ca_file=ca_path,
+            dangerously_disable_verification=insecure,
+            heartbeat_interval=heartbeat,
+            backoff_initial=b_initial,
+            backoff_max=b_max,
+            backoff_jitter=float(jitter),
+            connect_timeout=connect_timeout,
+            max_message_size=max_message,
+            state_dir=state_path,
+            allow_unverified_firmware=allow_unverified,
+            user_agent=user_agent,
+            extra_join_params=dict(extra),
+        )
+
+    def join_params(self, *, validated: bool, auto_revert: bool,
+                    downloading_uuid: str | None) -> dict[str, Any]:
+        """The ``device`` join payload (§6.2): ``nerves_fw_*`` keys, api version, meta."""
+        params: dict[str, Any] = dict(self.extra_join_params)
+        for key, value in self.firmware_meta.items():
+            params[wire.JOIN_FW_PREFIX + key] = value
+        params[wire.JOIN_DEVICE_API_VERSION] = wire.DEVICE_API_VERSION
+        params[wire.JOIN_CURRENTLY_DOWNLOADING_UUID] = downloading_uuid
+        params[wire.JOIN_META] = {
+            wire.META_FIRMWARE_VALIDATED: validated,
+            wire.META_AUTO_REVERT_DETECTED: auto_revert,
+        }
+        return params

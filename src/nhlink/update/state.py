@@ -1,0 +1,75 @@
+"""State that survives reboots: the validation flag and an unfinished download's resume point.
+
+One small JSON file per instance, written atomically (temporary file, fsync, rename, fsync of the
+directory) so a power cut leaves either the old or the new state, never a torn file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DeviceState", "StateStore"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DeviceState:
+    """What nhlink remembers about one device identity."""
+
+    #: UUID of the firmware the application confirmed (``confirm_update``). The running firmware
+    #: is validated when this equals its UUID: a new image starts unvalidated.
+    validated_uuid: str | None = None
+    #: An update download that did not finish: its firmware UUID, the byte offset verified so far,
+    #: the expected size and checksum (a different update invalidates the resume point).
+    download: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class StateStore:
+    """Loads and atomically saves a :class:`DeviceState` at ``path`` (or keeps it in memory)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.state = self._load()
+
+    def _load(self) -> DeviceState:
+        if self.path is None or not self.path.exists():
+            return DeviceState()
+        try:
+            raw = json.loads(self.path.read_text("utf-8"))
+            return DeviceState(
+                validated_uuid=raw.get("validated_uuid"),
+                download=raw.get("download"),
+                extra=dict(raw.get("extra") or {}),
+            )
+        except (OSError, ValueError, AttributeError) as exc:
+            logger.error("ignoring unreadable state file %s: %s", self.path, exc)
+            return DeviceState()
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(asdict(self.state), indent=1, sort_keys=True).encode()
+        fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

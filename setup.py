@@ -100,13 +100,13 @@ def _extensions() -> list[Extension]:
     except ImportError as exc:
         if REQUIRE_EXTENSIONS:
             raise
-        print(f"{BANNER}\nWARNING: Cython is not available ({exc}); building the pure-Python core.\n"
-              f"{BANNER}", file=sys.stderr)
+        print(
+            f"{BANNER}\nWARNING: Cython is not available ({exc}); building the pure-Python core.\n"
+            f"{BANNER}",
+            file=sys.stderr,
+        )
         return []
-    exts = [
-        Extension(name, [str(src)], extra_compile_args=["-O3"])
-        for name, src in EXTENSIONS
-    ]
+    exts = [Extension(name, [str(src)], extra_compile_args=["-O3"]) for name, src in EXTENSIONS]
     return cythonize(exts, compiler_directives=DIRECTIVES, quiet=True)  # type: ignore[no-any-return]
 
 

@@ -98,9 +98,21 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             target = args.json or os.path.join(tmp, "bench.json")
             cmd = [
-                sys.executable, "-m", "pytest", *files, "-p", "no:cacheprovider", "-q",
-                "--benchmark-only", f"--benchmark-json={target}", "--benchmark-columns=median,ops",
-                "--rootdir", str(HERE.parent), "-o", "testpaths=benchmarks", *pytest_args,
+                sys.executable,
+                "-m",
+                "pytest",
+                *files,
+                "-p",
+                "no:cacheprovider",
+                "-q",
+                "--benchmark-only",
+                f"--benchmark-json={target}",
+                "--benchmark-columns=median,ops",
+                "--rootdir",
+                str(HERE.parent),
+                "-o",
+                "testpaths=benchmarks",
+                *pytest_args,
             ]
             result = subprocess.run(cmd, check=False)
             if result.returncode not in (0, 5) or not Path(target).exists():

@@ -1,8 +1,12 @@
-"""NervesHubLink end to end over 127.0.0.1 against nhlink.testing.FakeHub (PROTOCOL.md §3–§6, §12)."""
+"""NervesHubLink end to end over 127.0.0.1 against nhlink.testing.FakeHub.
+
+PROTOCOL.md §3–§6 and §12.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -86,8 +90,10 @@ async def test_shared_secret_connect_and_join_params(hub: FakeHub) -> None:
         assert params["nerves_fw_version"] == "1.0.0"
         assert params["device_api_version"] == "2.2.0"
         assert params["currently_downloading_uuid"] is None
-        assert params["meta"] == {"firmware_validated": False,
-                                  "firmware_auto_revert_detected": False}
+        assert params["meta"] == {
+            "firmware_validated": False,
+            "firmware_auto_revert_detected": False,
+        }
         assert "fwup_version" not in params  # §13.16: not a fwup device
         assert hub.upgrade_counts("gw-0001") == {101: 1}
     assert link.status.state is LinkState.STOPPED
@@ -110,10 +116,16 @@ async def test_mtls_connect(tmp_path: Path) -> None:
     pki: PKI = create_pki(tmp_path)
     device = pki.device("gw-cert-7")
     async with FakeHub(tls=pki.server_context()) as hub:
-        options = {
-            "host": "127.0.0.1", "port": hub.port, "ssl": True, "device_cert": device.cert,
-            "device_key": device.key, "ca_file": pki.ca.cert, "firmware_meta": META,
-            "name": "mtls", **FAST,
+        options: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": hub.port,
+            "ssl": True,
+            "device_cert": device.cert,
+            "device_key": device.key,
+            "ca_file": pki.ca.cert,
+            "firmware_meta": META,
+            "name": "mtls",
+            **FAST,
         }
         async with NervesHubLink(**options) as link:
             assert link.config.identity == "gw-cert-7"
@@ -126,10 +138,16 @@ async def test_mtls_untrusted_server_is_not_joined(tmp_path: Path) -> None:
     pki = create_pki(tmp_path)
     device = pki.device("gw-cert-8")
     async with FakeHub(tls=pki.server_context()) as hub:
-        options = {
-            "host": "127.0.0.1", "port": hub.port, "ssl": True, "device_cert": device.cert,
-            "device_key": device.key, "ca_file": pki.untrusted_ca.cert, "firmware_meta": META,
-            "name": "mtls-untrusted", **FAST,
+        options: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": hub.port,
+            "ssl": True,
+            "device_cert": device.cert,
+            "device_key": device.key,
+            "ca_file": pki.untrusted_ca.cert,
+            "firmware_meta": META,
+            "name": "mtls-untrusted",
+            **FAST,
         }
         async with NervesHubLink(**options) as link:
             status = await link.wait_for(lambda s: s.last_error is not None, 5)
@@ -143,9 +161,7 @@ async def test_heartbeat_and_dead_server_detected(hub: FakeHub) -> None:
         record = hub.devices["gw-0001"]
         await hub.wait_for(lambda: record.heartbeats >= 2)
         hub.stop_heartbeat_replies("gw-0001")
-        status = await link.wait_for(
-            lambda s: isinstance(s.last_error, nhlink.HeartbeatTimeout), 5
-        )
+        status = await link.wait_for(lambda s: isinstance(s.last_error, nhlink.HeartbeatTimeout), 5)
         assert "unanswered" in str(status.last_error)
         await hub.wait_for(lambda: record.joins >= 2, timeout=5)  # reconnected and re-joined
         await link.wait_joined(5)
@@ -194,8 +210,9 @@ async def test_drain_of_many_devices_reconnects_all_with_jitter(hub: FakeHub) ->
 
 async def test_reconnect_closes_socket_and_resets_backoff(hub: FakeHub) -> None:
     recorder = Recorder()
-    async with NervesHubLink(client=recorder, **link_options(hub, backoff_initial=5.0,
-                                                              backoff_max=10.0)) as link:
+    async with NervesHubLink(
+        client=recorder, **link_options(hub, backoff_initial=5.0, backoff_max=10.0)
+    ) as link:
         await link.wait_joined(5)
         link.backoff.attempt = 3
         link.reconnect()
@@ -236,8 +253,13 @@ async def test_raising_callbacks_do_not_break_the_link(
         await hub.push("gw-0001", "device", "no_such_event", {})
         await hub.run_script("gw-0001", "IO.puts(1)", ref="r-1")
         msg = await hub.wait_for_message("gw-0001", topic="device", event="scripts/run")
-        assert msg.payload == {"ref": "r-1", "result": "error", "reason": "unsupported",
-                               "output": "", "return": ""}
+        assert msg.payload == {
+            "ref": "r-1",
+            "result": "error",
+            "reason": "unsupported",
+            "output": "",
+            "return": "",
+        }
         assert link.status.joined
     assert "boom in connected" in caplog.text
     assert "boom in identify" in caplog.text
@@ -267,11 +289,12 @@ async def test_refused_join_retries_with_backoff(hub: FakeHub) -> None:
 
 
 async def test_bad_secret_is_retried_on_the_backoff_schedule(hub: FakeHub) -> None:
-    opts = link_options(hub, product_secret="wrong-secret", backoff_initial=0.1,
-                        backoff_max=0.4, backoff_jitter=0.0)
+    opts = link_options(
+        hub, product_secret="wrong-secret", backoff_initial=0.1, backoff_max=0.4, backoff_jitter=0.0
+    )
     async with NervesHubLink(**opts) as link:
         attempts = await hub.wait_for_attempts("gw-0001", 4, status=401, timeout=5)
-        gaps = [b.monotonic - a.monotonic for a, b in zip(attempts, attempts[1:], strict=False)]
+        gaps = [b.monotonic - a.monotonic for a, b in itertools.pairwise(attempts)]
         assert gaps[0] >= 0.1 and gaps[1] >= 0.2 and gaps[2] >= 0.4
         assert isinstance(link.status.last_error, nhlink.AuthRejected)
         assert "wrong-secret" not in repr(link.config)
@@ -366,8 +389,11 @@ async def test_confirm_update_writer_refusal(hub: FakeHub) -> None:
 def _bad(**changes: Any) -> Callable[[], NervesHubLink]:
     def make() -> NervesHubLink:
         base: dict[str, Any] = {
-            "host": "hub.example.com", "product_key": KEY, "product_secret": SECRET,
-            "identifier": "x", "firmware_meta": META,
+            "host": "hub.example.com",
+            "product_key": KEY,
+            "product_secret": SECRET,
+            "identifier": "x",
+            "firmware_meta": META,
         }
         for key, value in changes.items():
             if value is ...:
@@ -384,8 +410,10 @@ def _bad(**changes: Any) -> Callable[[], NervesHubLink]:
     [
         (_bad(firmware_meta=...), "firmware_meta"),
         (_bad(firmware_meta={**META, "uuid": ""}), "firmware_meta.uuid"),
-        (_bad(firmware_meta={k: v for k, v in META.items() if k != "platform"}),
-         "firmware_meta.platform"),
+        (
+            _bad(firmware_meta={k: v for k, v in META.items() if k != "platform"}),
+            "firmware_meta.platform",
+        ),
         (_bad(product_key=..., product_secret=..., identifier=...), "device_cert"),
         (_bad(device_cert="/nonexistent.pem", device_key="/nonexistent.key"), "device_cert"),
         (_bad(identifier=""), "identifier"),
@@ -406,13 +434,15 @@ def test_mtls_files_must_be_readable(tmp_path: Path) -> None:
     cert = tmp_path / "cert.pem"
     cert.write_text("x")
     with pytest.raises(ConfigError) as info:
-        NervesHubLink(host="h", device_cert=cert, device_key=tmp_path / "missing.key",
-                      firmware_meta=META)
+        NervesHubLink(
+            host="h", device_cert=cert, device_key=tmp_path / "missing.key", firmware_meta=META
+        )
     assert info.value.option == "device_key"
 
 
 def test_secret_never_logged_or_shown(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG):
-        link = NervesHubLink(host="h", product_key=KEY, product_secret=SECRET, identifier="x",
-                             firmware_meta=META)
+        link = NervesHubLink(
+            host="h", product_key=KEY, product_secret=SECRET, identifier="x", firmware_meta=META
+        )
     assert SECRET not in repr(link) + repr(link.config) + caplog.text

@@ -10,6 +10,7 @@ embedded web server (port 8080 by default) is disabled unless ``--webport``/``-u
 
 Python 2 program: ruff skips this file (pyproject's extend-exclude); keep it 2/3-syntax neutral.
 """
+
 from __future__ import print_function
 
 import sys
@@ -54,6 +55,7 @@ def main(argv):
     # wstest installs its reactor (epoll on Linux) when imported; do that first, then wrap it.
     import autobahntestsuite.choosereactor  # noqa: F401  (side effect: reactor.install())
     from twisted.internet import reactor
+
     _install_loopback_only(reactor)
 
     from autobahntestsuite import wstest

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Apply", "Client", "DefaultClient", "Decision", "Ignore", "Reschedule"]
+__all__ = ["Apply", "Client", "Decision", "DefaultClient", "Ignore", "Reschedule"]
 
 logger = logging.getLogger("nhlink.client")
 

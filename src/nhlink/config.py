@@ -137,8 +137,10 @@ class LinkConfig:
 
         meta = options.pop("firmware_meta", None)
         if not isinstance(meta, Mapping):
-            raise ConfigError("firmware_meta", "is required: a mapping with " + ", ".join(
-                wire.REQUIRED_FIRMWARE_META))
+            raise ConfigError(
+                "firmware_meta",
+                "is required: a mapping with " + ", ".join(wire.REQUIRED_FIRMWARE_META),
+            )
         clean_meta: dict[str, str] = {}
         for key in wire.REQUIRED_FIRMWARE_META:
             if key not in meta or meta[key] is None:
@@ -161,19 +163,23 @@ class LinkConfig:
         shared = product_key is not None or product_secret is not None
         if mtls and shared:
             raise ConfigError(
-                "device_cert", "give either device_cert/device_key (mTLS) or "
-                "product_key/product_secret/identifier (shared secret), not both"
+                "device_cert",
+                "give either device_cert/device_key (mTLS) or "
+                "product_key/product_secret/identifier (shared secret), not both",
             )
         if not mtls and not shared:
             raise ConfigError(
-                "device_cert", "no authentication configured: give device_cert/device_key (mTLS) "
-                "or product_key/product_secret/identifier (shared secret)"
+                "device_cert",
+                "no authentication configured: give device_cert/device_key (mTLS) "
+                "or product_key/product_secret/identifier (shared secret)",
             )
         cert_path = key_path = chain_path = None
         if mtls:
             if device_cert is None or device_key is None:
-                raise ConfigError("device_key" if device_key is None else "device_cert",
-                                  "device_cert and device_key go together")
+                raise ConfigError(
+                    "device_key" if device_key is None else "device_cert",
+                    "device_cert and device_key go together",
+                )
             if not use_ssl:
                 raise ConfigError("ssl", "mTLS needs ssl=True (wss://)")
             cert_path = _readable_file("device_cert", device_cert)
@@ -240,8 +246,9 @@ class LinkConfig:
             extra_join_params=dict(extra),
         )
 
-    def join_params(self, *, validated: bool, auto_revert: bool,
-                    downloading_uuid: str | None) -> dict[str, Any]:
+    def join_params(
+        self, *, validated: bool, auto_revert: bool, downloading_uuid: str | None
+    ) -> dict[str, Any]:
         """The ``device`` join payload (§6.2): ``nerves_fw_*`` keys, api version, meta."""
         params: dict[str, Any] = dict(self.extra_join_params)
         for key, value in self.firmware_meta.items():

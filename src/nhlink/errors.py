@@ -16,7 +16,8 @@
     * :class:`HandshakeError` — the opening handshake response was not a valid 101.
 
       * :class:`InvalidStatus` — the server answered with another status (401, 403, 503, ...); keeps
-        the status, headers and body so callers can read ``nh-connection-error-reason`` and ``Date``.
+        the status, headers and body so callers can read ``nh-connection-error-reason`` and
+        ``Date``.
 
   * :class:`TransportError` — the network said no (also an :class:`OSError`-free wrapper).
 
@@ -159,12 +160,17 @@ class ConnectTimeout(TransportError):
 
 
 class ConnectionClosed(TransportError):
-    """The WebSocket connection is closed. ``code``/``reason`` are from the close frame (1006 if none)."""
+    """The WebSocket connection is closed.
+
+    ``code``/``reason`` are from the close frame (1006 if there was none).
+    """
 
     def __init__(self, code: int = 1006, reason: str = "", message: str | None = None) -> None:
         self.code = code
         self.reason = reason
-        super().__init__(message or f"connection closed (code {code}{', ' + reason if reason else ''})")
+        super().__init__(
+            message or f"connection closed (code {code}{', ' + reason if reason else ''})"
+        )
 
 
 class HeartbeatTimeout(TransportError):
@@ -205,7 +211,9 @@ class ChecksumMismatch(UpdateError):
     def __init__(self, expected: str, actual: str, what: str = "firmware image") -> None:
         self.expected = expected
         self.actual = actual
-        super().__init__(f"SHA-256 mismatch for {what}: expected {expected.upper()}, got {actual.upper()}")
+        super().__init__(
+            f"SHA-256 mismatch for {what}: expected {expected.upper()}, got {actual.upper()}"
+        )
 
 
 class WriterError(UpdateError):

@@ -344,8 +344,9 @@ class NervesHubLink:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            logger.error("%s: background task %s failed: %r", self.name, task.get_name(),
-                         task.exception())
+            logger.error(
+                "%s: background task %s failed: %r", self.name, task.get_name(), task.exception()
+            )
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -362,7 +363,7 @@ class NervesHubLink:
                     logger.warning("%s: connection ended: %s", self.name, exc)
                 else:
                     logger.exception("%s: unexpected error in the connection loop", self.name)
-            if self._stopping:
+            if self._stop_requested():
                 break
             delay = 0.0 if self._reconnect_now else self.backoff.next_delay(self._rand())
             self._set_status(state=LinkState.WAITING, next_retry_in=delay)
@@ -370,6 +371,10 @@ class NervesHubLink:
                 logger.info("%s: reconnecting in %.1f s", self.name, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _stop_requested(self) -> bool:
+        # A method, not the attribute: stop() flips it while _run awaits.
+        return self._stopping
 
     async def _open_socket(self) -> WebSocket:
         headers: dict[str, str] = {}
@@ -486,8 +491,9 @@ class NervesHubLink:
         elif isinstance(event, Joined):
             if event.topic == wire.TOPIC_DEVICE:
                 self.backoff.reset()
-                self._set_status(state=LinkState.JOINED, joins=self._status.joins + 1,
-                                 last_error=None)
+                self._set_status(
+                    state=LinkState.JOINED, joins=self._status.joins + 1, last_error=None
+                )
                 logger.info("%s: joined the device channel", self.name)
                 await self._device_joined(event.response)
             else:
@@ -545,6 +551,11 @@ class NervesHubLink:
             await self.send(
                 wire.TOPIC_DEVICE,
                 wire.EVENT_SCRIPTS_RUN,
-                {"ref": ref, "result": "error", "reason": "unsupported", "output": "",
-                 "return": ""},
+                {
+                    "ref": ref,
+                    "result": "error",
+                    "reason": "unsupported",
+                    "output": "",
+                    "return": "",
+                },
             )

@@ -118,8 +118,12 @@ def test_secret_hidden_from_repr() -> None:
 
 @pytest.mark.parametrize(
     ("key", "secret", "ident", "option"),
-    [("", SECRET, IDENTIFIER, "product_key"), (KEY, "", IDENTIFIER, "product_secret"),
-     (KEY, "sécret", IDENTIFIER, "product_secret"), (KEY, SECRET, "", "identifier")],
+    [
+        ("", SECRET, IDENTIFIER, "product_key"),
+        (KEY, "", IDENTIFIER, "product_secret"),
+        (KEY, "sécret", IDENTIFIER, "product_secret"),
+        (KEY, SECRET, "", "identifier"),
+    ],
 )
 def test_signer_config_errors(key: str, secret: str, ident: str, option: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -48,15 +48,25 @@ def test_join_and_push_use_join_ref() -> None:
     assert event == Joined("device", {})
     assert s.is_joined("device")
     assert decoded(s.push("device", "firmware_validated", {})) == [
-        "1", "2", "device", "firmware_validated", {}]
+        "1",
+        "2",
+        "device",
+        "firmware_validated",
+        {},
+    ]
 
 
 def test_join_refused() -> None:
     s = PhoenixSession()
     s.join("device", {})
     event = s.receive(
-        frame("1", "1", "device", "phx_reply",
-              {"status": "error", "response": {"error": "could not connect"}})
+        frame(
+            "1",
+            "1",
+            "device",
+            "phx_reply",
+            {"status": "error", "response": {"error": "could not connect"}},
+        )
     )
     assert event == JoinRefused("device", {"error": "could not connect"})
     assert not s.is_joined("device")
@@ -70,7 +80,8 @@ def test_pushes_routed_by_topic_not_join_ref() -> None:
     s.receive(frame("1", "1", "device", "phx_reply", {"status": "ok", "response": {}}))
     assert s.receive(frame(None, None, "device", "reboot", {})) == Push("device", "reboot", {})
     assert s.receive(frame("1", None, "device", "scripts/run", {"text": "x"})) == Push(
-        "device", "scripts/run", {"text": "x"})
+        "device", "scripts/run", {"text": "x"}
+    )
 
 
 def test_stale_close_ignored_current_close_reported() -> None:
@@ -90,13 +101,18 @@ def test_tracked_reply() -> None:
     s.join("extensions", {})
     s.push("extensions", "health:attached", {}, track_reply=True)
     ref = s.last_ref()
-    event = s.receive(frame("1", ref, "extensions", "phx_reply",
-                            {"status": "error", "response": "detach"}))
+    event = s.receive(
+        frame("1", ref, "extensions", "phx_reply", {"status": "error", "response": "detach"})
+    )
     assert event == Reply("extensions", ref, "error", "detach")
     # untracked replies are dropped
     s.push("extensions", "health:report", {})
-    assert s.receive(frame("1", s.last_ref(), "extensions", "phx_reply",
-                           {"status": "ok", "response": {}})) is None
+    assert (
+        s.receive(
+            frame("1", s.last_ref(), "extensions", "phx_reply", {"status": "ok", "response": {}})
+        )
+        is None
+    )
 
 
 def test_heartbeat_liveness() -> None:

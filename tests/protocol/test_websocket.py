@@ -113,8 +113,12 @@ def test_request_shape() -> None:
 
 @pytest.mark.parametrize(
     ("host", "port", "secure", "expected"),
-    [("h", 4001, True, "h:4001"), ("h", 80, False, "h"), ("h", 443, False, "h:443"),
-     ("::1", 8080, False, "[::1]:8080")],
+    [
+        ("h", 4001, True, "h:4001"),
+        ("h", 80, False, "h"),
+        ("h", 443, False, "h:443"),
+        ("::1", 8080, False, "[::1]:8080"),
+    ],
 )
 def test_host_header(host: str, port: int, secure: bool, expected: str) -> None:
     request = make(host=host, port=port, secure=secure).data_to_send().decode()
@@ -147,8 +151,10 @@ def test_response_split_byte_by_byte() -> None:
     ("response", "match"),
     [
         (response_101().replace(b"Upgrade: websocket\r\n", b""), "Upgrade"),
-        (response_101().replace(b"Connection: Upgrade\r\n", b"Connection: keep-alive\r\n"),
-         "Connection"),
+        (
+            response_101().replace(b"Connection: Upgrade\r\n", b"Connection: keep-alive\r\n"),
+            "Connection",
+        ),
         (response_101().replace(accept_key(KEY_B64).encode(), b"AAAA"), "Accept"),
         (response_101("Sec-WebSocket-Protocol: chat\r\n"), "subprotocol"),
         (response_101("Sec-WebSocket-Extensions: permessage-deflate\r\n"), "not offered"),
@@ -380,10 +386,14 @@ def test_deflate_8_bit_client_window_disables_compression() -> None:
 
 @pytest.mark.parametrize(
     "params",
-    ["permessage-deflate; foo", "permessage-deflate; server_max_window_bits=16",
-     "permessage-deflate; server_max_window_bits=07", "x-webkit-deflate-frame",
-     "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
-     "permessage-deflate, permessage-deflate"],
+    [
+        "permessage-deflate; foo",
+        "permessage-deflate; server_max_window_bits=16",
+        "permessage-deflate; server_max_window_bits=07",
+        "x-webkit-deflate-frame",
+        "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+        "permessage-deflate, permessage-deflate",
+    ],
 )
 def test_deflate_bad_responses(params: str) -> None:
     conn = make(compression=DeflateOptions())

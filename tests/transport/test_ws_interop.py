@@ -54,7 +54,9 @@ async def ws_deflate_server() -> AsyncIterator[str]:
         yield f"ws://127.0.0.1:{port}/echo"
 
 
-async def _aiohttp_app(handler: Callable[[web.Request], Awaitable[Any]]) -> tuple[web.AppRunner, str]:
+async def _aiohttp_app(
+    handler: Callable[[web.Request], Awaitable[Any]],
+) -> tuple[web.AppRunner, str]:
     app = web.Application()
     app.router.add_get("/ws", handler)
     runner = web.AppRunner(app)
@@ -124,8 +126,8 @@ async def test_ping_pong_websockets(ws_server: str) -> None:
     async with connect(ws_server) as ws:
         waiter = await ws.ping(b"are you there")
         assert await asyncio.wait_for(waiter, 5) > 0
+        second = await ws.ping(b"dup")
         with pytest.raises(LocalProtocolError):
-            second = await ws.ping(b"dup")
             await ws.ping(b"dup")
         await asyncio.wait_for(second, 5)
 
@@ -187,8 +189,9 @@ async def test_client_close_code_seen_by_server() -> None:
         try:
             await ws.recv()
         except websockets.ConnectionClosed as exc:
-            seen.set_result((exc.rcvd.code if exc.rcvd else None,
-                             exc.rcvd.reason if exc.rcvd else None))
+            seen.set_result(
+                (exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else None)
+            )
 
     async with serve(handler, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
@@ -286,7 +289,17 @@ async def test_backpressure_pauses_reading() -> None:
         port = server.sockets[0].getsockname()[1]
         async with connect(f"ws://127.0.0.1:{port}/", read_limit=1024 * 1024) as ws:
             # The server pushes until our read limit pauses reading and the socket buffers fill.
-            await asyncio.wait_for(_until(lambda: ws._reading_paused), 10)
+            paused = asyncio.Event()
+            transport = ws._transport
+            assert transport is not None
+            original = transport.pause_reading
+
+            def pause() -> None:
+                paused.set()
+                original()
+
+            transport.pause_reading = pause  # type: ignore[method-assign]
+            await asyncio.wait_for(paused.wait(), 10)
             assert ws._queued_bytes <= 1024 * 1024 + 65536
             assert not done.is_set()
             received = 0
@@ -295,8 +308,3 @@ async def test_backpressure_pauses_reading() -> None:
                 received += 1
             await asyncio.wait_for(done.wait(), 10)
             assert sent == 400
-
-
-async def _until(predicate: Callable[[], bool]) -> None:
-    while not predicate():
-        await asyncio.sleep(0.01)

@@ -45,9 +45,14 @@ async def _peer_cn(ws: ServerConnection) -> None:
         await ws.send(message)
 
 
-async def _start(pki: PKI, *, require_client: bool = False, tls13: bool = True) -> tuple[object, str]:
+async def _start(
+    pki: PKI, *, require_client: bool = False, tls13: bool = True
+) -> tuple[object, str]:
     server = await serve(
-        _peer_cn, "127.0.0.1", 0, ssl=_server_context(pki, require_client=require_client, tls13=tls13)
+        _peer_cn,
+        "127.0.0.1",
+        0,
+        ssl=_server_context(pki, require_client=require_client, tls13=tls13),
     )
     port = server.sockets[0].getsockname()[1]
     return server, f"wss://127.0.0.1:{port}/"

@@ -19,7 +19,7 @@ side as :mod:`nhlink._core.python` and :mod:`nhlink._core.cython` (the latter ra
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Literal
 
 __all__ = [
     "CLOSE_NO_STATUS",
@@ -50,7 +50,12 @@ __all__ = [
 
 def extensions_disabled() -> bool:
     """True when ``NHLINK_NO_EXTENSIONS`` asks for the pure-Python core."""
-    return os.environ.get("NHLINK_NO_EXTENSIONS", "").strip().lower() not in ("", "0", "false", "no")
+    return os.environ.get("NHLINK_NO_EXTENSIONS", "").strip().lower() not in (
+        "",
+        "0",
+        "false",
+        "no",
+    )
 
 
 if TYPE_CHECKING:
@@ -79,7 +84,7 @@ if TYPE_CHECKING:
         parse_close_payload,
     )
 
-    IMPLEMENTATION: Final[Literal["cython", "python"]]
+    IMPLEMENTATION: Literal["cython", "python"]
 else:
     from . import python as _impl
 

@@ -13,8 +13,8 @@ from . import _codec_c, _digest_c, _frames_c, _mask
 
 
 def _require_compiled(*modules: ModuleType) -> None:
-    # ``_frames_c.py`` and ``_digest_c.py`` exist as Cython sources (symlinks to the pure twins) in a
-    # source checkout; importing one of those is not the compiled core.
+    # ``_frames_c.py`` and ``_digest_c.py`` exist as Cython sources (symlinks to the pure twins)
+    # in a source checkout; importing one of those is not the compiled core.
     for module in modules:
         path = getattr(module, "__file__", None) or ""
         if not path.endswith(tuple(EXTENSION_SUFFIXES)):

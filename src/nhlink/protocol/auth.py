@@ -59,7 +59,7 @@ def _etf_integer(value: int) -> bytes:
 
 
 def encode_term(identifier: str, signed_ms: int, max_age: int = _MAX_AGE_FIELD) -> bytes:
-    """``term_to_binary({identifier :: binary, signed_ms, max_age})``, byte-identical to Erlang's."""
+    """``term_to_binary({identifier :: binary, signed_ms, max_age})``, as Erlang encodes it."""
     ident = identifier.encode("utf-8")
     return (
         b"\x83\x68\x03"  # version, SMALL_TUPLE_EXT arity 3
@@ -135,19 +135,23 @@ class SharedSecretSigner:
         if not self.secret:
             raise ConfigError("product_secret", "must not be empty")
         if not self.secret.isascii():
-            raise ConfigError("product_secret", "must be ASCII text (it is used as-is, not decoded)")
+            raise ConfigError(
+                "product_secret", "must be ASCII text (it is used as-is, not decoded)"
+            )
         if not self.identifier:
             raise ConfigError("identifier", "must not be empty")
 
     def __repr__(self) -> str:
-        return f"SharedSecretSigner(key={self.key!r}, identifier={self.identifier!r}, secret=<hidden>)"
+        return (
+            f"SharedSecretSigner(key={self.key!r}, identifier={self.identifier!r}, secret=<hidden>)"
+        )
 
     def signing_time(self, now: float) -> int:
         """The Unix second to sign with at local time ``now``; raises ClockNotSet if unset."""
         if now < CLOCK_VALID_AFTER and self._server_offset is None:
             raise ClockNotSet(
-                f"system clock reads {int(now)} (before 2001-09-09); refusing to sign shared-secret "
-                "headers until it is set (NTP/SNTP)"
+                f"system clock reads {int(now)} (before 2001-09-09); refusing to sign "
+                "shared-secret headers until it is set (NTP/SNTP)"
             )
         t = now
         if self._server_offset is not None:

@@ -153,7 +153,8 @@ class PhoenixSession:
         """The next heartbeat frame; raises :class:`HeartbeatTimeout` if the last is unanswered."""
         if self._heartbeat_ref is not None:
             raise HeartbeatTimeout(
-                f"heartbeat {self._heartbeat_ref} unanswered for a whole interval: connection is dead"
+                f"heartbeat {self._heartbeat_ref} unanswered for a whole interval: "
+                "connection is dead"
             )
         ref = self.next_ref()
         self._heartbeat_ref = ref

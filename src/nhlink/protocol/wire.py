@@ -11,7 +11,9 @@ from typing import Final
 
 # §2.1–2.2 — socket URL
 DEVICE_SOCKET_PATH: Final = "/device-socket/websocket"
-LEGACY_SOCKET_PATH: Final = "/socket/websocket"  # device endpoint only; the browser socket on web hosts
+LEGACY_SOCKET_PATH: Final = (
+    "/socket/websocket"  # device endpoint only; the browser socket on web hosts
+)
 VSN_QUERY: Final = "vsn=2.0.0"
 
 # §2.5 / §3 — HTTP upgrade

@@ -893,7 +893,7 @@ class FakeHub:
         self,
         predicate: Callable[[], T | None],
         *,
-        timeout: float = 5.0,  # noqa: ASYNC109 -- the test-facing API; asyncio.timeout inside
+        timeout: float = 5.0,
         what: str = "condition",
     ) -> T:
         """Wait until ``predicate()`` returns something truthy and return it.
@@ -917,7 +917,7 @@ class FakeHub:
         identifier: str,
         *,
         joined: bool = True,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
     ) -> DeviceRecord:
         """Wait until ``identifier`` is connected (and, by default, has joined ``device``)."""
 
@@ -934,7 +934,7 @@ class FakeHub:
         self,
         identifier: str,
         *,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
     ) -> DeviceRecord:
         """Wait until ``identifier`` has no open socket on the hub."""
 
@@ -952,7 +952,7 @@ class FakeHub:
         event: str | None = None,
         predicate: Callable[[Message], bool] | None = None,
         new_only: bool = False,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
     ) -> Message:
         """Return the first received message of ``identifier`` that matches.
 
@@ -985,7 +985,7 @@ class FakeHub:
         count: int,
         *,
         status: int | None = None,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
     ) -> list[Attempt]:
         """Wait until at least ``count`` upgrade attempts (with ``status``, if given) were
         attributed to ``identifier``; return them all (for backoff timing via ``monotonic``)."""

@@ -1,4 +1,5 @@
-"""I/O: the asyncio WebSocket transport and TLS contexts. Bytes move here; rules live in protocol."""
+"""I/O: the asyncio WebSocket transport and TLS contexts. Bytes move here; rules live in
+:mod:`nhlink.protocol`."""
 
 from .tls import client_ssl_context
 from .ws import WebSocket, connect

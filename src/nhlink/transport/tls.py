@@ -48,7 +48,9 @@ def client_ssl_context(
     """
     if cafile is not None:
         _readable("ca_file", cafile)
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cafile) if cafile else None)
+    ctx = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(cafile) if cafile else None
+    )
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])  # §2.5: HTTP/1.1 only
     if dangerously_disable_verification:

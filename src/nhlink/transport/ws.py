@@ -222,8 +222,10 @@ class WebSocket:
     def _handshake_failed(self, exc: Exception) -> None:
         if self._opened.done():
             return
-        if self._secure and not self._conn.response_started and not isinstance(
-            exc, TLSVerificationError
+        if (
+            self._secure
+            and not self._conn.response_started
+            and not isinstance(exc, TLSVerificationError)
         ):
             # TLS 1.3 servers refuse a client certificate after the client's handshake is done:
             # the connection then ends before any HTTP response.
@@ -460,11 +462,11 @@ def _parse_url(url: str) -> tuple[bool, str, int, str]:
     return secure, parts.hostname, port, resource
 
 
-class connect:  # noqa: N801 - used like a function: ``await connect(...)`` / ``async with connect(...)``
+class connect:
     """Open a WebSocket connection.
 
-    ``await connect(url, ...)`` returns an open :class:`WebSocket`; ``async with connect(...) as ws``
-    also closes it. Options:
+    ``await connect(url, ...)`` returns an open :class:`WebSocket`;
+    ``async with connect(...) as ws`` also closes it. Options:
 
     * ``ssl``: an :class:`ssl.SSLContext` for ``wss://`` (default: system CAs, verification on).
     * ``extra_headers``: added to the upgrade request (e.g. NervesHub's ``x-nh-*`` headers).
@@ -587,7 +589,9 @@ class connect:  # noqa: N801 - used like a function: ``await connect(...)`` / ``
             raise
         except ConnectionError as exc:
             ws._abort()
-            raise ConnectFailed(f"connection to {host}:{port} lost during handshake: {exc}") from exc
+            raise ConnectFailed(
+                f"connection to {host}:{port} lost during handshake: {exc}"
+            ) from exc
         except BaseException:
             ws._abort()
             raise

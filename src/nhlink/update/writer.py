@@ -17,8 +17,8 @@ __all__ = ["FwupWriter"]
 class FwupWriter:
     """Where firmware goes. The call order for one update is::
 
-        fwup_begin(size, meta[, offset])  ->  fwup_chunk(block)*  ->  fwup_finish()
-                                          \\->  fwup_abort()   (on any failure, at most once)
+    fwup_begin(size, meta[, offset])  ->  fwup_chunk(block)*  ->  fwup_finish()
+                                      \\->  fwup_abort()   (on any failure, at most once)
     """
 
     #: True if the writer can continue an interrupted image at a byte offset

@@ -134,7 +134,7 @@ async def run_websockets(url: str, count: int, size: int) -> int:
 async def run_picows(url: str, count: int, size: int) -> int:
     import picows
 
-    class Listener(picows.WSListener):  # type: ignore[misc]
+    class Listener(picows.WSListener):
         n = 0
 
         def on_ws_frame(self, transport: Any, frame: Any) -> None:
@@ -235,9 +235,23 @@ def main(argv: list[str] | None = None) -> int:
                     best: dict[str, Any] | None = None
                     for _ in range(args.repeat):
                         out = subprocess.run(
-                            [sys.executable, __file__, "--worker", client, "--url", url,
-                             "--count", str(count), "--size", str(size)],
-                            env=env, capture_output=True, text=True, check=False, timeout=600,
+                            [
+                                sys.executable,
+                                __file__,
+                                "--worker",
+                                client,
+                                "--url",
+                                url,
+                                "--count",
+                                str(count),
+                                "--size",
+                                str(size),
+                            ],
+                            env=env,
+                            capture_output=True,
+                            text=True,
+                            check=False,
+                            timeout=600,
                         )
                         if out.returncode != 0:
                             print(f"  {client:<15} FAILED: {out.stderr.strip()[-300:]}")

@@ -164,6 +164,13 @@ class NervesHubLink:
         self._reply_handlers: dict[str, Callable[[Reply], Awaitable[None]]] = {}
         self._topic_handlers: dict[str, Callable[[Push], Awaitable[None]]] = {}
         self._channel_closed_handlers: dict[str, Callable[[ChannelClosed], Awaitable[None]]] = {}
+        # Components, each owning one part of the protocol. They talk to the server through
+        # send()/join()/on_topic()/on_reply() and are told about (dis)connections below.
+        from .extensions.router import ExtensionRouter
+        from .update.manager import UpdateManager
+
+        self.extensions = ExtensionRouter(self, self.extensions_config)
+        self.updates = UpdateManager(self)
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -205,6 +212,8 @@ class NervesHubLink:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.updates.stop()
+        await self.extensions.stop()
         for t in list(self._tasks):
             t.cancel()
         for t in list(self._tasks):
@@ -440,7 +449,12 @@ class NervesHubLink:
             await call_callback("handle_disconnected", self.client.handle_disconnected)
 
     async def _connection_lost(self) -> None:
-        """Hook for subclasses/components: the socket is gone (channels are reset)."""
+        """The socket is gone (channels are reset): tell the components."""
+        for component, hook in ((self.extensions, "extensions"), (self.updates, "updates")):
+            try:
+                await component.connection_lost()
+            except Exception:
+                logger.exception("%s: %s.connection_lost failed", self.name, hook)
 
     async def _join_device(self) -> None:
         downloading = self.store.state.download or {}
@@ -539,10 +553,14 @@ class NervesHubLink:
         self._spawn(call_callback("identify", self.client.identify), "identify")
 
     async def _on_update(self, payload: Any) -> None:
-        logger.warning("%s: update received but no update pipeline is configured", self.name)
+        await self.updates.on_update(payload)
 
     async def _on_extensions_get(self, payload: Any) -> None:
-        logger.debug("%s: extensions:get received; no extensions configured", self.name)
+        await self.extensions.on_extensions_get(payload)
+
+    def log(self, level: str | int, message: str, **meta: str) -> None:
+        """Ship a log line through the ``logging`` extension when it is attached; else drop it."""
+        self.extensions.log(level, message, **meta)
 
     async def _on_scripts_run(self, payload: Any) -> None:
         # §6.5: answer so the server UI does not wait 15 s for a timeout.

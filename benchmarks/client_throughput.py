@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 CLIENTS = ("nhlink-cython", "nhlink-python", "aiohttp", "websockets", "picows")
@@ -161,7 +163,7 @@ def worker(client: str, url: str, count: int, size: int) -> dict[str, Any]:
         import nhlink._core
 
         expected = client.split("-")[1]
-        if nhlink._core.IMPLEMENTATION != expected:
+        if expected != nhlink._core.IMPLEMENTATION:
             raise SystemExit(f"wanted the {expected} core, got {nhlink._core.IMPLEMENTATION}")
     cpu0 = time.process_time()
     t0 = time.perf_counter()
@@ -214,11 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         server = subprocess.Popen([sys.executable, __file__, "--serve", port_file])
         try:
             deadline = time.monotonic() + 10
-            while not os.path.exists(port_file) or not open(port_file).read():
+            while not os.path.exists(port_file) or not Path(port_file).read_text():
                 if time.monotonic() > deadline:
                     raise SystemExit("benchmark server did not start")
                 time.sleep(0.05)
-            port = int(open(port_file).read())
+            port = int(Path(port_file).read_text())
             url = f"ws://127.0.0.1:{port}"
             results = []
             for count, size in ((args.small, 64), (args.large, 1024 * 1024)):
@@ -267,17 +269,16 @@ def main(argv: list[str] | None = None) -> int:
                 for r in sorted(rows, key=lambda r: r["wall"]):
                     rate = r["count"] / r["wall"]
                     ratio = f"{base['wall'] / r['wall']:5.2f}x aiohttp" if base else ""
+                    mib = r["count"] * r["size"] / r["wall"] / 2**20
                     print(
-                        f"  {r['client']:<15} {rate:12,.0f} msg/s  {r['count'] * r['size'] / r['wall'] / 2**20:9.1f} MiB/s"
+                        f"  {r['client']:<15} {rate:12,.0f} msg/s  {mib:9.1f} MiB/s"
                         f"  {r['cpu'] / r['count'] * 1e6:8.2f} µs CPU/msg  {ratio}"
                     )
         finally:
-            try:
+            with contextlib.suppress(OSError, NameError):
                 socket.create_connection(("127.0.0.1", port), timeout=2).sendall(
                     b"GET /quit HTTP/1.1\r\n\r\n"
                 )
-            except (OSError, NameError):
-                pass
             try:
                 server.wait(5)
             except subprocess.TimeoutExpired:

@@ -12,7 +12,10 @@ from . import __version__, _core
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nhlink", description="NervesHub device client")
     parser.add_argument("--version", action="store_true", help="print version and core, then exit")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser("demo", help="a whole OTA update against the built-in test server")
+    demo.add_argument("--size", type=int, default=16, metavar="MIB", help="image size (MiB)")
+    demo.add_argument("--workdir", help="where to put the image and state (default: a temp dir)")
     return parser
 
 
@@ -22,6 +25,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.version or args.command is None:
         print(f"nhlink {__version__} (core: {_core.IMPLEMENTATION})")
         return 0
+    if args.command == "demo":
+        from .demo import main as demo_main
+
+        return demo_main(args.size, args.workdir)
     parser.print_help(sys.stderr)
     return 2
 

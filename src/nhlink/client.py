@@ -8,37 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
+
+from .protocol.lifecycle import Apply, Decision, Ignore, Reschedule
 
 __all__ = ["Apply", "Client", "Decision", "DefaultClient", "Ignore", "Reschedule"]
 
 logger = logging.getLogger("nhlink.client")
-
-
-@dataclass(frozen=True)
-class Apply:
-    """Install the update now."""
-
-
-@dataclass(frozen=True)
-class Ignore:
-    """Skip this update; ``reason`` goes to the server (which may penalise the device)."""
-
-    reason: str = "ignored by the device"
-
-
-@dataclass(frozen=True)
-class Reschedule:
-    """Ask again in ``ms`` milliseconds (reported to the server as ``delay_for``)."""
-
-    ms: int
-    reason: str = "rescheduled by the device"
-
-
-#: What :meth:`Client.update_available` may return. The AVM spellings are accepted too:
-#: ``"apply"``, ``"ignore"``, ``("reschedule", ms)``.
-Decision = Apply | Ignore | Reschedule | Literal["apply", "ignore"] | tuple[str, int]
 
 
 class Client:

@@ -84,6 +84,7 @@ class LinkConfig:
     # server verification
     ca_file: Path | None = None
     dangerously_disable_verification: bool = False
+    firmware_ca_file: Path | None = None  # CA for the firmware storage host (default: system)
     # timers and limits
     heartbeat_interval: float = 30.0
     backoff_initial: float = 1.0
@@ -196,6 +197,8 @@ class LinkConfig:
         ca_file = options.pop("ca_file", None)
         ca_path = _readable_file("ca_file", ca_file) if ca_file is not None else None
         insecure = bool(options.pop("dangerously_disable_verification", False))
+        fw_ca = options.pop("firmware_ca_file", None)
+        fw_ca_path = _readable_file("firmware_ca_file", fw_ca) if fw_ca is not None else None
 
         name = _text("name", options.pop("name", DEFAULT_NAME))
         heartbeat = _positive("heartbeat_interval", options.pop("heartbeat_interval", 30.0))
@@ -234,6 +237,7 @@ class LinkConfig:
             identifier=identifier,
             ca_file=ca_path,
             dangerously_disable_verification=insecure,
+            firmware_ca_file=fw_ca_path,
             heartbeat_interval=heartbeat,
             backoff_initial=b_initial,
             backoff_max=b_max,

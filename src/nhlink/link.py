@@ -12,6 +12,7 @@ import enum
 import inspect
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -38,6 +39,7 @@ from .protocol.backoff import Backoff
 from .protocol.channel import ChannelClosed, Joined, JoinRefused, PhoenixSession, Push, Reply
 from .transport.tls import client_ssl_context
 from .transport.ws import WebSocket, connect
+from .update.download import DownloadOptions
 from .update.state import StateStore
 from .update.writer import FwupWriter
 
@@ -95,6 +97,7 @@ class NervesHubLink:
     once; :meth:`start` returns immediately and connects, joins and reconnects in the background;
     :meth:`stop` closes cleanly. Also usable as ``async with NervesHubLink(...) as link``.
 
+    ``download_options`` tunes firmware downloads (retries, idle timeout, redirects).
     ``clock`` (Unix time, default :func:`time.time`) and ``rand`` (uniform in [0, 1), default
     :func:`random.random`) exist for tests and simulations.
     """
@@ -108,6 +111,7 @@ class NervesHubLink:
         extensions: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        download_options: DownloadOptions | None = None,
         **options: Any,
     ) -> None:
         if fwup_writer is not None and firmware_writer is not None:
@@ -140,6 +144,13 @@ class NervesHubLink:
             if self.config.ssl
             else None
         )
+        #: TLS for the firmware storage host: verified against the system store unless
+        #: ``firmware_ca_file`` names a private CA. Never carries the device certificate (§11).
+        self.firmware_ssl_context: ssl.SSLContext | None = (
+            ssl.create_default_context(cafile=str(self.config.firmware_ca_file))
+            if self.config.firmware_ca_file
+            else None
+        )
         self.session = PhoenixSession()
         self.backoff = Backoff(
             initial=self.config.backoff_initial,
@@ -170,7 +181,7 @@ class NervesHubLink:
         from .update.manager import UpdateManager
 
         self.extensions = ExtensionRouter(self, self.extensions_config)
-        self.updates = UpdateManager(self)
+        self.updates = UpdateManager(self, download_options)
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -199,10 +210,16 @@ class NervesHubLink:
         self._task = asyncio.create_task(self._run(), name=f"nhlink:{self.name}")
 
     async def stop(self) -> None:
-        """Close the connection cleanly and stop reconnecting. Idempotent."""
+        """Close the connection cleanly and stop reconnecting. Idempotent.
+
+        An update in progress is cancelled first (writer aborted, ``failed`` reported while the
+        socket is still up), then the socket is closed with 1000.
+        """
         self._stopping = True
         if self._wake is not None:
             self._wake.set()
+        await self.updates.stop()
+        await self.extensions.stop()
         ws = self._ws
         if ws is not None:
             with contextlib.suppress(Exception):
@@ -212,8 +229,6 @@ class NervesHubLink:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.updates.stop()
-        await self.extensions.stop()
         for t in list(self._tasks):
             t.cancel()
         for t in list(self._tasks):
@@ -368,7 +383,9 @@ class NervesHubLink:
                 raise
             except Exception as exc:
                 self._set_status(last_error=exc)
-                if isinstance(exc, NHLinkError | OSError):
+                if self._stop_requested():
+                    logger.debug("%s: connection ended while stopping: %s", self.name, exc)
+                elif isinstance(exc, NHLinkError | OSError):
                     logger.warning("%s: connection ended: %s", self.name, exc)
                 else:
                     logger.exception("%s: unexpected error in the connection loop", self.name)

@@ -1,0 +1,529 @@
+"""Resumable, streaming firmware download over HTTP(S) (PROTOCOL.md §11).
+
+:func:`download` GETs ``firmware_url`` and pushes the bytes, in order, into a
+:class:`DownloadSink` that the update manager implements (it hashes and writes; this module
+does neither). It resumes with ``Range`` after disconnects and idle timeouts, and tells the sink
+when the byte stream starts over.
+
+The sink contract, in the order calls happen::
+
+    attempt(0, offset)  data(...)*          # the first request, resuming at ``offset``
+    [restart()]                             # the server ignored Range: back to byte 0
+    data(...)*
+    attempt(1, N)  [restart()]  data(...)*  # after a disconnect: resume at N (or restart)
+    ...
+
+Invariant: the ``offset`` passed to :meth:`DownloadSink.attempt` always equals the number of
+bytes of the file the sink holds (the starting ``offset`` plus every ``data`` chunk since,
+reset to 0 by each :meth:`DownloadSink.restart`). So ``data`` chunks always continue exactly where
+the sink is. Exceptions raised by the sink propagate unchanged and end the download at once.
+
+Failure policy (§11.1 reference behaviour, §11.3 rules):
+
+* retryable, counted toward ``max_disconnects``, then delayed by exponential backoff with jitter
+  (§12, the :class:`~nhlink.protocol.backoff.Backoff` rule): network errors, a connection that
+  closes early, ``idle_timeout`` without data, ``5xx``, ``408``, ``429`` (``Retry-After`` is
+  honoured, capped at ``retry_delay_max``), a TLS handshake failure other than certificate
+  verification, and a ``206`` whose ``Content-Range`` does not start where we asked (then the
+  download restarts from byte 0 and ``Range`` is not sent again: that server's ranges cannot be
+  trusted);
+* permanent (:class:`~nhlink.errors.PermanentDownloadError` at once, no retry storm on an expired
+  pre-signed URL): any other ``4xx``, a size that contradicts ``expected_size`` (more bytes than
+  expected, or a ``Content-Length``/``Content-Range`` total that differs), too many redirects,
+  an invalid redirect, an unverifiable TLS certificate, an unexpected status (``204``, ``3xx``
+  without ``Location``...), ``416`` unless we resumed at exactly the end of the file (then the
+  download is complete), the ``max_total_time`` cap, and ``max_disconnects`` exhausted (chained
+  to the last :class:`~nhlink.errors.RetryableDownloadError`).
+
+Credentials: pre-signed query strings are credentials. Every log line and error message shows
+the URL as ``scheme://host[:port]/path`` only, and aiohttp exceptions (whose text includes the
+full URL) are never chained into the errors raised here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import re
+import ssl as _ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import aiohttp
+from yarl import URL
+
+from ..errors import ConfigError, PermanentDownloadError, RetryableDownloadError
+from ..protocol.backoff import Backoff
+
+__all__ = ["DownloadOptions", "DownloadSink", "download", "redact_url"]
+
+logger = logging.getLogger(__name__)
+
+
+class DownloadSink(Protocol):
+    """Where :func:`download` puts the bytes. See the module docstring for the call order."""
+
+    async def attempt(self, number: int, offset: int) -> None:
+        """A new HTTP request (``number`` counts from 0) is about to be made for the bytes from
+        ``offset`` on; ``offset`` equals the bytes the sink holds. A good moment to report
+        ``started`` (§11.3)."""
+
+    async def restart(self) -> None:
+        """The stream starts over from byte 0: drop everything received (and reset the hash).
+
+        Called when the server answered ``200`` to a ``Range`` request (the bytes of that very
+        response follow), or before resuming from 0 when ranges are not usable."""
+
+    async def data(self, chunk: bytes) -> None:
+        """The next bytes, in order. The sink may take its time: the next chunk is not read
+        from the network until this returns (that is the backpressure)."""
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    """Retry and timeout policy of :func:`download`; defaults from NHL (PROTOCOL.md §11.1)."""
+
+    #: failures (disconnect, idle timeout, retryable status) tolerated; one more fails.
+    max_disconnects: int = 10
+    #: seconds without a byte (connecting, waiting for headers or body) that count as a failure.
+    idle_timeout: float = 60.0
+    #: first delay before retrying; doubles per consecutive failure without progress.
+    retry_delay: float = 15.0
+    #: cap of that doubling (``Retry-After`` is capped at this too).
+    retry_delay_max: float = 60.0
+    #: each backoff delay is stretched by ``1 + jitter * rand()`` (so up to 50 % above the cap).
+    jitter: float = 0.5
+    #: hard limit on the whole download, retries and delays included.
+    max_total_time: float = 24 * 3600
+    #: redirects followed per request (301, 302, 303, 307, 308).
+    max_redirects: int = 5
+    #: network read buffer (aiohttp ``read_bufsize``): chunks handed to the sink are up to about
+    #: twice this.
+    chunk_size: int = 65536
+    user_agent: str = "nhlink"
+
+    def __post_init__(self) -> None:
+        if self.max_disconnects < 0:
+            raise ConfigError("max_disconnects", "must be >= 0")
+        for name in ("idle_timeout", "retry_delay", "max_total_time"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(name, "must be > 0")
+        if self.retry_delay_max < self.retry_delay:
+            raise ConfigError("retry_delay_max", "must be >= retry_delay")
+        if not 0 <= self.jitter <= 1:
+            raise ConfigError("jitter", "must be within [0, 1]")
+        if self.max_redirects < 0:
+            raise ConfigError("max_redirects", "must be >= 0")
+        if self.chunk_size < 1024:
+            raise ConfigError("chunk_size", "must be >= 1024")
+
+
+def redact_url(url: str | URL) -> str:
+    """``scheme://host[:port]/path``: no user info, query or fragment (pre-signed query strings
+    are credentials and must never be logged)."""
+    try:
+        parsed = url if isinstance(url, URL) else URL(url)
+        if not parsed.absolute:
+            return parsed.path
+        return str(parsed.with_user(None).with_query(None).with_fragment(None))
+    except (ValueError, TypeError):
+        return "<invalid URL>"
+
+
+# ``Content-Range: bytes <first>-<last>/<total or *>`` (RFC 9110 §14.4).
+_CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", re.ASCII | re.IGNORECASE)
+# ``Content-Range: bytes */<total>`` in a 416 answer.
+_UNSATISFIED_RANGE = re.compile(r"\s*bytes\s+\*/(\d+)\s*", re.ASCII | re.IGNORECASE)
+
+# Statuses worth retrying besides 5xx (§11.3): request timeout, too many requests.
+_RETRY_STATUSES: Final = frozenset({408, 429})
+
+# aiohttp errors that retrying cannot fix. Certificate verification is here: the storage host's
+# certificate will not become valid in the next minute, and ten retries would take ~10 min.
+_PERMANENT_CLIENT_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.TooManyRedirects,
+    aiohttp.InvalidURL,
+    aiohttp.ClientConnectorCertificateError,
+    *(
+        cls
+        for cls in (getattr(aiohttp, "NonHttpUrlClientError", None),)  # aiohttp >= 3.10
+        if isinstance(cls, type)
+    ),
+)
+
+# Every request disables aiohttp's own timeouts (its session default is 5 min in total, which
+# would cut any large download): the idle timeout below, and the total cap, are ours.
+_NO_TIMEOUT: Final = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None)
+
+
+class _Retry(RetryableDownloadError):
+    """One attempt failed in a way worth retrying; ``delay`` overrides the backoff."""
+
+    def __init__(self, message: str, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class _Done(Exception):
+    """The server says the file is already complete (416 at exactly the end)."""
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _describe(exc: BaseException, url: str) -> str:
+    """A loggable description of a network error, without the URL's query string."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # Its str() embeds the full request URL; keep the status and message only.
+        return f"{type(exc).__name__}: {exc.status} {exc.message}".rstrip()
+    text = str(exc)
+    query = URL(url).raw_query_string if "?" in url else ""
+    if query:
+        text = text.replace(query, "…")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def download(
+    url: str,
+    *,
+    sink: DownloadSink,
+    offset: int = 0,
+    expected_size: int | None,
+    options: DownloadOptions = DownloadOptions(),  # frozen, so sharing one default is safe
+    session: aiohttp.ClientSession | None = None,
+    ssl: _ssl.SSLContext | bool | None = None,
+    rand: Callable[[], float] = random.random,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> int:
+    """Download ``url`` from byte ``offset`` into ``sink``; return the size of the file.
+
+    ``expected_size`` is ``update.size`` (§7.1) or None; without it the size comes from the
+    first response's ``Content-Length`` (or a ``Content-Range`` total), and a server that sends
+    neither is read to the end. The returned size equals ``expected_size`` when it is given.
+
+    A plain ``GET`` (never ``HEAD``), with ``User-Agent``, ``X-Retry-Number: <n>`` (n counts
+    requests from 0, as NHL does) and, only when resuming past byte 0, ``Range: bytes=N-``;
+    ``Accept-Encoding: identity`` so byte offsets mean file offsets. Redirects are followed
+    (``max_redirects``) and carry the same headers, ``Range`` included. Each retry requests the
+    original URL again (redirect targets, such as CDN nodes, are often temporary).
+
+    ``session``: an aiohttp session to use (not closed here). It must not carry NervesHub
+    credentials, cookies or a client certificate: the storage host is a third party (§11).
+    Without it a private session is made for this call, with no cookie jar, no client
+    certificate and no proxy from the environment. ``ssl``: None or True verify the storage
+    host against the system CA store (§11: do better than AVM's ``verify_none``); an
+    :class:`ssl.SSLContext` to verify otherwise; False disables verification (tests only).
+
+    ``rand`` (uniform in [0, 1)) and ``sleep`` are injected so tests can pin the jitter and
+    skip the delays. Raises :class:`~nhlink.errors.PermanentDownloadError` (see the module
+    docstring for when), or whatever the sink raises. Cancelling the task cancels the download
+    at once and closes the connection.
+    """
+    if offset < 0 or (expected_size is not None and not 0 <= offset <= expected_size):
+        raise ValueError(f"offset {offset} out of range for expected_size {expected_size}")
+    display = redact_url(url)
+    loop = asyncio.get_running_loop()
+    own_session = session is None
+    if session is None:
+        session = aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=_NO_TIMEOUT,
+            auto_decompress=False,
+            trust_env=False,
+        )
+    state = _Download(
+        url=url,
+        display=display,
+        sink=sink,
+        received=offset,
+        total=expected_size,
+        expected=expected_size,
+        options=options,
+        session=session,
+        ssl=True if ssl is None else ssl,
+        loop=loop,
+    )
+    cap = asyncio.timeout(options.max_total_time)
+    try:
+        async with cap:
+            return await state.run(rand, sleep)
+    except TimeoutError:
+        if not cap.expired():
+            raise
+        raise PermanentDownloadError(
+            f"firmware download from {display} took longer than {options.max_total_time:g} s "
+            f"(received {state.received} bytes)"
+        ) from None
+    finally:
+        if own_session:
+            await session.close()
+
+
+class _Download:
+    """The state of one :func:`download` call (a plain object: fewer closures, easier to read)."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        display: str,
+        sink: DownloadSink,
+        received: int,
+        total: int | None,
+        expected: int | None,
+        options: DownloadOptions,
+        session: aiohttp.ClientSession,
+        ssl: _ssl.SSLContext | bool,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.url = url
+        self.display = display
+        self.sink = sink
+        #: bytes of the file the sink holds (its position in the file).
+        self.received = received
+        #: the file size when known: expected_size, else learned from the first response.
+        self.total = total
+        self.expected = expected
+        self.options = options
+        self.session = session
+        self.ssl = ssl
+        self.loop = loop
+        #: False once a server sent a Content-Range we did not ask for: stop sending Range.
+        self.ranges_ok = True
+
+    async def run(
+        self, rand: Callable[[], float], sleep: Callable[[float], Awaitable[None]]
+    ) -> int:
+        options = self.options
+        backoff = Backoff(
+            initial=options.retry_delay, maximum=options.retry_delay_max, jitter=options.jitter
+        )
+        failures = 0
+        number = 0
+        while True:
+            if self.received and not self.ranges_ok:
+                await self.sink.restart()
+                self.received = 0
+            start = self.received
+            await self.sink.attempt(number, start)
+            try:
+                complete = await self._attempt(number)
+            except _Done:
+                return self.received
+            except _Retry as exc:
+                failures += 1
+                if self.received > start:
+                    backoff.reset()  # progress was made: the link works, start short again
+                if failures > options.max_disconnects:
+                    logger.warning(
+                        "firmware download from %s failed %d times, giving up: %s",
+                        self.display,
+                        failures,
+                        exc,
+                    )
+                    raise PermanentDownloadError(
+                        f"firmware download from {self.display} failed after {failures} "
+                        f"attempts (received {self.received} bytes); last error: {exc}"
+                    ) from exc
+                delay = exc.delay
+                if delay is None:
+                    delay = backoff.next_delay(rand())
+                logger.warning(
+                    "firmware download from %s: %s (failure %d of at most %d); "
+                    "resuming at byte %d in %.1f s",
+                    self.display,
+                    exc,
+                    failures,
+                    options.max_disconnects,
+                    self.received if self.ranges_ok else 0,
+                    delay,
+                )
+                if delay > 0:
+                    await sleep(delay)
+            else:
+                if complete:
+                    return self.received
+                # A 206 that delivered exactly the (shorter) range it announced: continue at
+                # once, not a failure (some servers and CDNs cap the size of a range).
+            number += 1
+
+    def _headers(self, number: int) -> dict[str, str]:
+        headers = {
+            "User-Agent": self.options.user_agent,
+            "X-Retry-Number": str(number),
+            # Byte offsets must be file offsets: no content coding (aiohttp asks for gzip).
+            "Accept-Encoding": "identity",
+        }
+        if self.received > 0:
+            headers["Range"] = f"bytes={self.received}-"
+        return headers
+
+    async def _attempt(self, number: int) -> bool:
+        """One request. True when the file is complete, False when the response ended as
+        announced but short of the end (continue), :class:`_Retry` on a retryable failure."""
+        options = self.options
+        idle = options.idle_timeout
+        headers = self._headers(number)
+        logger.debug(
+            "GET %s (attempt %d%s)",
+            self.display,
+            number,
+            f", {headers['Range']}" if "Range" in headers else "",
+        )
+        response: aiohttp.ClientResponse | None = None
+        clean = False
+        try:
+            try:
+                async with asyncio.timeout(idle) as timer:
+                    response = await self.session.request(
+                        "GET",
+                        self.url,
+                        headers=headers,
+                        # aiohttp raises on the max_redirects-th redirect instead of
+                        # following it, and takes 0 as "no limit": shift by one.
+                        allow_redirects=options.max_redirects > 0,
+                        max_redirects=options.max_redirects + 1,
+                        ssl=self.ssl,
+                        timeout=_NO_TIMEOUT,
+                        read_bufsize=options.chunk_size,
+                        auto_decompress=False,
+                    )
+            except (aiohttp.ClientError, OSError) as exc:  # OSError includes TimeoutError
+                if timer.expired():
+                    raise _Retry(f"no response within {idle:g} s") from None
+                if isinstance(exc, _PERMANENT_CLIENT_ERRORS):
+                    raise PermanentDownloadError(
+                        f"firmware download from {self.display} failed: {_describe(exc, self.url)}"
+                    ) from None
+                raise _Retry(_describe(exc, self.url)) from None
+
+            limit = self._check_response(response)
+            if response.status == 200 and self.received > 0:
+                logger.info("%s ignored Range (answered 200): restarting from byte 0", self.display)
+                await self.sink.restart()
+                self.received = 0
+
+            # The hot loop: read whatever is buffered (no copy for a single buffered chunk),
+            # hand it to the sink, and only then read again; so memory stays flat and a slow
+            # sink slows the socket down (aiohttp pauses reading when its buffer is full).
+            content = response.content
+            sink_data = self.sink.data
+            total = self.total
+            while True:
+                try:
+                    async with asyncio.timeout(idle) as timer:
+                        chunk = await content.readany()
+                except (aiohttp.ClientError, OSError) as exc:  # OSError includes TimeoutError
+                    if timer.expired():
+                        raise _Retry(f"no data for {idle:g} s at byte {self.received}") from None
+                    raise _Retry(
+                        f"connection lost at byte {self.received}: {_describe(exc, self.url)}"
+                    ) from None
+                if not chunk:
+                    break
+                end = self.received + len(chunk)
+                if total is not None and end > total:
+                    raise PermanentDownloadError(
+                        f"firmware download from {self.display}: the server sent more than "
+                        f"the expected {total} bytes"
+                    )
+                await sink_data(chunk)
+                self.received = end
+            clean = True
+        finally:
+            if response is not None:
+                if clean:
+                    response.release()
+                else:
+                    response.close()  # drop the connection: never reuse a half-read one
+
+        if total is not None and self.received < total:
+            if limit is not None and self.received == limit:
+                return False
+            raise _Retry(f"the connection closed early at byte {self.received} of {total}")
+        return True
+
+    def _check_response(self, response: aiohttp.ClientResponse) -> int | None:
+        """Judge the status and size headers before any body byte is read.
+
+        Returns the end offset the response announced (``last + 1`` of a ``206``) or None;
+        updates ``self.total``; raises :class:`_Done`, :class:`_Retry` or
+        :class:`PermanentDownloadError`."""
+        status = response.status
+        if status == 200:
+            length = response.content_length
+            if length is not None:
+                self._learn_total(length, "Content-Length")
+            return None
+        if status == 206:
+            return self._check_partial(response)
+        if status == 416 and self.received > 0:
+            match = _UNSATISFIED_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+            size = self.total if self.total is not None else (int(match[1]) if match else None)
+            if size is not None and size == self.received:
+                logger.info("%s: already complete (%d bytes)", self.display, size)
+                raise _Done
+            raise PermanentDownloadError(
+                f"firmware download from {self.display}: HTTP 416 when resuming at byte "
+                f"{self.received} (the file is "
+                f"{'of unknown size' if size is None else f'{size} bytes'})"
+            )
+        if status >= 500 or status in _RETRY_STATUSES:
+            retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+            delay = None
+            if retry_after is not None:
+                delay = min(retry_after, self.options.retry_delay_max)
+            raise _Retry(f"HTTP {status} {response.reason or ''}".rstrip(), delay)
+        raise PermanentDownloadError(
+            f"firmware download from {self.display} failed: HTTP {status} "
+            f"{response.reason or ''}".rstrip()
+        )
+
+    def _check_partial(self, response: aiohttp.ClientResponse) -> int:
+        match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+        first = int(match[1]) if match else -1
+        last = int(match[2]) if match else -1
+        if match is None or first != self.received or last < first:
+            # The server did not send what we asked for. Trusting its ranges could splice the
+            # wrong bytes into the image (the checksum would catch it, after a full download),
+            # so start over without Range; counted as a failure, so it cannot loop.
+            self.ranges_ok = False
+            found = response.headers.get("Content-Range", "none")
+            raise _Retry(
+                f"HTTP 206 with Content-Range {found!r} when asking for bytes "
+                f"{self.received}-; restarting from byte 0 without Range",
+                delay=0.0,
+            )
+        if match[3] != "*":
+            self._learn_total(int(match[3]), "Content-Range")
+        if self.total is not None and last >= self.total:
+            raise PermanentDownloadError(
+                f"firmware download from {self.display}: Content-Range ends at byte {last}, "
+                f"beyond the {self.total}-byte file"
+            )
+        return last + 1
+
+    def _learn_total(self, size: int, source: str) -> None:
+        """Adopt the first size a server reports; refuse one that contradicts it."""
+        if self.total is None:
+            self.total = size
+        elif size != self.total:
+            raise PermanentDownloadError(
+                f"firmware download from {self.display}: the server reports a {size}-byte "
+                f"file ({source}), expected {self.total} bytes"
+            )

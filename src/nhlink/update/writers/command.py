@@ -1,0 +1,137 @@
+"""CommandWriter: stream the image into a command's stdin (fwup, rauc, swupdate, dd...)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ...errors import WriterError
+from ..writer import FwupWriter
+
+__all__ = ["CommandWriter"]
+
+logger = logging.getLogger(__name__)
+
+_STDERR_TAIL = 4096
+
+
+class CommandWriter(FwupWriter):
+    """Pipes the image into ``argv``'s standard input, e.g.
+    ``["fwup", "-a", "-d", "/dev/mmcblk0", "-t", "upgrade"]`` or ``["swupdate", "-i", "-"]``.
+
+    ``fwup_finish`` closes stdin and waits for the command; a non-zero exit (or a command that
+    stopped reading early) fails the update with the exit status and the tail of its stderr.
+    ``fwup_abort`` kills it. The command runs without a shell; ``{size}`` in an argument is
+    replaced by the announced image size.
+
+    Nothing is buffered here beyond the pipe: a slow command slows the download (backpressure).
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        finish_timeout: float = 3600.0,
+    ) -> None:
+        if not argv:
+            raise ValueError("CommandWriter needs a command")
+        self.argv = list(argv)
+        self.cwd = cwd
+        self.env = dict(env) if env is not None else None
+        self.finish_timeout = finish_timeout
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stderr = bytearray()
+        self._stderr_task: asyncio.Task[None] | None = None
+
+    async def fwup_begin(
+        self, size: int, firmware_meta: Mapping[str, Any], offset: int = 0
+    ) -> None:
+        if offset:
+            raise WriterError("CommandWriter cannot resume at an offset")
+        argv = [a.replace("{size}", str(size)) for a in self.argv]
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=self.cwd,
+                env=self.env,
+            )
+        except OSError as exc:
+            raise WriterError(f"cannot start {argv[0]}: {exc}") from exc
+        self._stderr.clear()
+        self._stderr_task = asyncio.create_task(self._collect_stderr(self._proc))
+
+    async def _collect_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        while chunk := await proc.stderr.read(4096):
+            self._stderr += chunk
+            del self._stderr[:-_STDERR_TAIL]
+
+    def _tail(self) -> str:
+        text = bytes(self._stderr).decode("utf-8", "replace").strip()
+        return text[-500:] if text else "(no stderr output)"
+
+    async def _failed(self, what: str) -> WriterError:
+        proc = self._proc
+        assert proc is not None
+        try:
+            code = await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            code = await proc.wait()
+        if self._stderr_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._stderr_task, 5)
+        return WriterError(f"{self.argv[0]} {what} (exit status {code}): {self._tail()}")
+
+    async def fwup_chunk(self, data: bytes | memoryview) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            raise WriterError("fwup_chunk before fwup_begin")
+        try:
+            proc.stdin.write(data)
+            await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            raise await self._failed("stopped reading the image") from None
+
+    async def fwup_finish(self) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            raise WriterError("fwup_finish before fwup_begin")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            proc.stdin.close()
+            await proc.stdin.wait_closed()
+        try:
+            code = await asyncio.wait_for(proc.wait(), self.finish_timeout)
+        except TimeoutError:
+            proc.kill()
+            raise WriterError(
+                f"{self.argv[0]} did not finish within {self.finish_timeout} s"
+            ) from None
+        if self._stderr_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._stderr_task, 5)
+        self._proc = None
+        if code != 0:
+            raise WriterError(f"{self.argv[0]} failed (exit status {code}): {self._tail()}")
+        logger.info("%s accepted the image", self.argv[0])
+
+    async def fwup_abort(self) -> None:
+        proc = self._proc
+        self._proc = None
+        if proc is None:
+            return
+        if proc.returncode is None:
+            proc.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(proc.wait(), 10)
+        if self._stderr_task is not None:
+            self._stderr_task.cancel()

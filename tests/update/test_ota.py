@@ -1,0 +1,509 @@
+"""OTA end to end over 127.0.0.1: FakeHub pushes `update`, FirmwareServer serves the image
+(with faults), a real writer receives it (PROTOCOL.md §7, §10, §11)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import nhlink
+from nhlink import Apply, Ignore, NervesHubLink, Reschedule
+from nhlink.testing import FakeHub
+from nhlink.testing.firmware import Faults, FirmwareServer
+from nhlink.update.download import DownloadOptions
+from nhlink.update.writers import FileWriter
+
+KEY = "nhp_otatestkey000000000000000000000000000000000"
+SECRET = "ota-secret-0123456789abcdefghijklmnopqrstuvwx"
+META = {
+    "uuid": "11111111-1111-1111-1111-111111111111",
+    "product": "gw",
+    "architecture": "x86_64",
+    "platform": "test",
+    "version": "1.0.0",
+}
+NEW_META = {**META, "uuid": "22222222-2222-2222-2222-222222222222", "version": "1.1.0"}
+MiB = 1024 * 1024
+FAST_DOWNLOADS = DownloadOptions(retry_delay=0.01, retry_delay_max=0.05, idle_timeout=1.0)
+
+
+def image(size: int, seed: int = 1) -> bytes:
+    out = bytearray()
+    block = hashlib.sha256(str(seed).encode()).digest()
+    while len(out) < size:
+        block = hashlib.sha256(block).digest()
+        out += block * 64
+    return bytes(out[:size])
+
+
+def parts(data: bytes) -> list[str]:
+    return [hashlib.sha256(data[i : i + MiB]).hexdigest().upper() for i in range(0, len(data), MiB)]
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[FakeHub]:
+    async with FakeHub(shared_secrets={KEY: SECRET}) as h:
+        yield h
+
+
+@pytest.fixture
+async def fw() -> AsyncIterator[FirmwareServer]:
+    async with FirmwareServer() as server:
+        yield server
+
+
+def options(hub: FakeHub, tmp_path: Path, ident: str = "gw-ota", **extra: Any) -> dict[str, Any]:
+    return {
+        "host": "127.0.0.1",
+        "port": hub.port,
+        "ssl": False,
+        "product_key": KEY,
+        "product_secret": SECRET,
+        "identifier": ident,
+        "firmware_meta": META,
+        "name": ident,
+        "state_dir": tmp_path / "state",
+        "backoff_initial": 0.05,
+        "backoff_max": 0.2,
+        **extra,
+    }
+
+
+class Recorder(nhlink.Client):
+    def __init__(self, decisions: list[Any] | None = None) -> None:
+        self.decisions = list(decisions or [])
+        self.asked: list[Mapping[str, Any]] = []
+        self.progress: list[int] = []
+        self.errors: list[BaseException] = []
+        self.failed = asyncio.Event()
+
+    def update_available(self, firmware_meta: Mapping[str, Any]) -> Any:
+        self.asked.append(firmware_meta)
+        return self.decisions.pop(0) if self.decisions else Apply()
+
+    def fwup_progress(self, percent: int) -> None:
+        self.progress.append(percent)
+
+    def fwup_error(self, error: BaseException) -> None:
+        self.errors.append(error)
+        self.failed.set()
+
+
+def statuses(hub: FakeHub, ident: str = "gw-ota") -> list[str]:
+    return [m.payload["status"] for m in hub.devices[ident].messages_for("device", "status_update")]
+
+
+async def wait_status(hub: FakeHub, status: str, ident: str = "gw-ota", timeout: float = 10) -> Any:
+    msg = await hub.wait_for_message(
+        ident,
+        topic="device",
+        event="status_update",
+        predicate=lambda m: m.payload.get("status") == status,
+        timeout=timeout,
+    )
+    return msg.payload
+
+
+async def push(
+    hub: FakeHub,
+    url: str,
+    data: bytes,
+    *,
+    checksum: str | None = "auto",
+    with_parts: bool = True,
+    meta: Mapping[str, Any] = NEW_META,
+    ident: str = "gw-ota",
+) -> None:
+    await hub.push_update(
+        ident,
+        firmware_url=url,
+        size=len(data),
+        checksum=hashlib.sha256(data).hexdigest() if checksum == "auto" else checksum,
+        partials_checksums=parts(data) if with_parts else None,
+        firmware_meta=dict(meta),
+    )
+
+
+async def test_happy_path_every_status_in_order(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path
+) -> None:
+    data = image(3 * MiB + 12345)
+    target = tmp_path / "slot" / "firmware.img"
+    client = Recorder()
+    async with NervesHubLink(
+        client=client, fwup_writer=FileWriter(target), **options(hub, tmp_path)
+    ) as link:
+        await link.wait_joined(5)
+        await push(hub, fw.add("fw.bin", data, query="X-Amz-Signature=secret"), data)
+        await wait_status(hub, "completed")
+    assert statuses(hub) == ["received", "started", "downloading", "updating", "completed"]
+    assert target.read_bytes() == data
+    assert client.asked[0]["uuid"] == NEW_META["uuid"]
+    progress = hub.devices["gw-ota"].messages_for("device", "fwup_progress")
+    values = [m.payload["value"] for m in progress]
+    assert values == sorted(values) and values[-1] == 100
+    assert {m.payload["stage"] for m in progress} == {"downloading", "updating"}
+    assert client.progress == sorted(client.progress) and client.progress[-1] == 100
+    assert len(fw.requests_for("fw.bin")) == 1
+    assert fw.requests_for("fw.bin")[0].headers.get("x-nh-signature") is None
+
+
+async def test_ignore(hub: FakeHub, fw: FirmwareServer, tmp_path: Path) -> None:
+    data = image(1000)
+    client = Recorder([Ignore("maintenance window closed")])
+    async with NervesHubLink(
+        client=client, fwup_writer=FileWriter(tmp_path / "f.img"), **options(hub, tmp_path)
+    ) as link:
+        await link.wait_joined(5)
+        await push(hub, fw.add("fw.bin", data), data)
+        payload = await wait_status(hub, "ignored")
+    assert payload["reason"] == "maintenance window closed"
+    assert statuses(hub) == ["received", "ignored"]
+    assert fw.requests_for("fw.bin") == []
+
+
+async def test_reschedule_reported_then_asked_again(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path
+) -> None:
+    data = image(2000)
+    client = Recorder([("reschedule", 200), Apply()])  # AVM spelling first
+    async with NervesHubLink(
+        client=client, fwup_writer=FileWriter(tmp_path / "f.img"), **options(hub, tmp_path)
+    ) as link:
+        await link.wait_joined(5)
+        await push(hub, fw.add("fw.bin", data), data)
+        payload = await wait_status(hub, "rescheduled")
+        assert payload["delay_for"] == 200  # milliseconds (§7.4), not minutes
+        await wait_status(hub, "completed")
+    assert len(client.asked) == 2
+    assert statuses(hub) == [
+        "received",
+        "rescheduled",
+        "received",
+        "started",
+        "downloading",
+        "updating",
+        "completed",
+    ]
+
+
+async def test_reschedule_cancelled_by_stop(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path
+) -> None:
+    data = image(2000)
+    client = Recorder([Reschedule(60_000)])
+    async with NervesHubLink(
+        client=client, fwup_writer=FileWriter(tmp_path / "f.img"), **options(hub, tmp_path)
+    ) as link:
+        await link.wait_joined(5)
+        await push(hub, fw.add("fw.bin", data), data)
+        await wait_status(hub, "rescheduled")
+        assert link.updates._reschedule is not None
+    assert link.updates._reschedule is None
+
+
+async def test_checksum_mismatch_leaves_old_image(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path
+) -> None:
+    data = image(2 * MiB)
+    target = tmp_path / "firmware.img"
+    target.write_bytes(b"the old firmware")
+    client = Recorder()
+    async with NervesHubLink(
+        client=client, fwup_writer=FileWriter(target), **options(hub, tmp_path)
+    ) as link:
+        await link.wait_joined(5)
+        await push(hub, fw.add("fw.bin", data), data, checksum="AB" * 32, with_parts=False)
+        payload = await wait_status(hub, "failed")
+        assert link.status.joined  # the connection is untouched
+    assert "SHA-256 mismatch" in payload["reason"]
+    assert target.read_bytes() == b"the old firmware"
+    assert not FileWriter(target).partial_path.exists()
+    assert isinstance(client.errors[0], nhlink.ChecksumMismatch)
+
+
+async def test_corrupt_part_detected_early(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path
+) -> None:
+    data = image(4 * MiB)
+    url = fw.add("fw.bin", data, faults=Faults(corrupt_at=MiB + 5))
+    async with NervesHubLink(
+        fwup_writer=FileWriter(tmp_path / "f.img"), **options(hub, tmp_path)
+    ) as link:
+        await link.wait_joined(5)
+        await push(hub, url, data)
+        payload = await wait_status(hub, "failed")
+    assert "part 1" in payload["reason"]
+
+
+async def test_missing_checksum_refused_unless_allowed(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path
+) -> None:
+    data = image(5000)
+    url = fw.add("fw.bin", data)
+    async with NervesHubLink(
+        fwup_writer=FileWriter(tmp_path / "f.img"), **options(hub, tmp_path)
+    ) as link:
+        await link.wait_joined(5)
+        await push(hub, url, data, checksum=None, with_parts=False)
+        payload = await wait_status(hub, "failed")
+    assert "no checksum" in payload["reason"]
+    assert fw.requests_for("fw.bin") == []
+    async with NervesHubLink(
+        fwup_writer=FileWriter(tmp_path / "f.img"),
+        **options(hub, tmp_path, "gw-ota2", allow_unverified_firmware=True),
+    ):
+        await hub.wait_for_device("gw-ota2")
+        await push(hub, url, data, checksum=None, with_parts=False, ident="gw-ota2")
+        await wait_status(hub, "completed", "gw-ota2")
+    assert (tmp_path / "f.img").read_bytes() == data
+
+
+async def test_cut_mid_download_resumes_without_refetching(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path
+) -> None:
+    data = image(6 * MiB)
+    url = fw.add("fw.bin", data, faults=Faults(cut_after=2 * MiB + 100, cut_times=2))
+    target = tmp_path / "f.img"
+    async with NervesHubLink(
+        fwup_writer=FileWriter(target), download_options=FAST_DOWNLOADS, **options(hub, tmp_path)
+    ) as link:
+        await link.wait_joined(5)
+        await push(hub, url, data)
+        await wait_status(hub, "completed")
+    requests = fw.requests_for("fw.bin")
+    assert len(requests) == 3
+    assert requests[0].range is None and requests[1].range is not None
+    sent = sum(r.bytes_sent for r in requests)
+    assert len(data) <= sent < len(data) + 64 * 1024  # not twice
+    assert target.read_bytes() == data
+    assert statuses(hub).count("started") == 3  # one per connection (§7.3)
+
+
+async def test_server_ignoring_range_restarts(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path
+) -> None:
+    data = image(3 * MiB)
+    url = fw.add("fw.bin", data, faults=Faults(cut_after=MiB, ignore_range=True))
+    target = tmp_path / "f.img"
+    async with NervesHubLink(
+        fwup_writer=FileWriter(target), download_options=FAST_DOWNLOADS, **options(hub, tmp_path)
+    ) as link:
+        await link.wait_joined(5)
+        await push(hub, url, data)
+        await wait_status(hub, "completed")
+    assert target.read_bytes() == data
+
+
+async def test_404_fails_fast(hub: FakeHub, fw: FirmwareServer, tmp_path: Path) -> None:
+    data = image(1000)
+    url = fw.add("fw.bin", data, faults=Faults(status=404, status_times=None))
+    async with NervesHubLink(
+        fwup_writer=FileWriter(tmp_path / "f.img"),
+        download_options=FAST_DOWNLOADS,
+        **options(hub, tmp_path),
+    ) as link:
+        await link.wait_joined(5)
+        await push(hub, url, data)
+        payload = await wait_status(hub, "failed")
+    assert "404" in payload["reason"]
+    assert "secret" not in payload["reason"]
+    assert len(fw.requests_for("fw.bin")) == 1
+
+
+async def test_503_retried(hub: FakeHub, fw: FirmwareServer, tmp_path: Path) -> None:
+    data = image(100_000)
+    url = fw.add("fw.bin", data, faults=Faults(status=503, status_times=2))
+    async with NervesHubLink(
+        fwup_writer=FileWriter(tmp_path / "f.img"),
+        download_options=FAST_DOWNLOADS,
+        **options(hub, tmp_path),
+    ) as link:
+        await link.wait_joined(5)
+        await push(hub, url, data)
+        await wait_status(hub, "completed")
+    assert [r.status for r in fw.requests_for("fw.bin")] == [503, 503, 200]
+
+
+class FailingWriter(nhlink.FwupWriter):
+    def __init__(self, fail_in: str) -> None:
+        self.fail_in = fail_in
+        self.calls: list[str] = []
+
+    def fwup_begin(self, size: int, firmware_meta: Mapping[str, Any], offset: int = 0) -> None:
+        self.calls.append("begin")
+
+    def fwup_chunk(self, data: bytes | memoryview) -> None:
+        if self.fail_in == "chunk":
+            raise OSError(28, "No space left on device")
+
+    def fwup_finish(self) -> None:
+        self.calls.append("finish")
+        if self.fail_in == "finish":
+            raise RuntimeError("could not switch boot slot")
+
+    def fwup_abort(self) -> None:
+        self.calls.append("abort")
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"), [("chunk", "No space left"), ("finish", "could not switch boot slot")]
+)
+async def test_writer_failures(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path, where: str, reason: str
+) -> None:
+    data = image(300_000)
+    writer = FailingWriter(where)
+    async with NervesHubLink(fwup_writer=writer, **options(hub, tmp_path)) as link:
+        await link.wait_joined(5)
+        await push(hub, fw.add("fw.bin", data), data)
+        payload = await wait_status(hub, "failed")
+        assert link.status.joined
+    assert reason in payload["reason"]
+    assert writer.calls[-1] == "abort"
+    assert "completed" not in statuses(hub)
+
+
+async def test_stop_during_download_aborts_and_reports(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path
+) -> None:
+    data = image(3 * MiB)
+    url = fw.add("fw.bin", data, faults=Faults(stall_after=MiB, stall_for=30))
+    writer = FailingWriter("nowhere")
+    link = NervesHubLink(fwup_writer=writer, **options(hub, tmp_path))
+    async with link:
+        await link.wait_joined(5)
+        await push(hub, url, data)
+        await wait_status(hub, "downloading")
+        await fw.wait_for_requests(1, name="fw.bin")
+    payload = await wait_status(hub, "failed")
+    assert "cancelled" in payload["reason"]
+    assert writer.calls == ["begin", "abort"]
+
+
+async def test_second_update_during_download_ignored(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path
+) -> None:
+    data = image(2 * MiB)
+    url = fw.add("fw.bin", data, faults=Faults(stall_after=MiB, stall_for=0.5))
+    async with NervesHubLink(
+        fwup_writer=FileWriter(tmp_path / "f.img"), **options(hub, tmp_path)
+    ) as link:
+        await link.wait_joined(5)
+        await push(hub, url, data)
+        await wait_status(hub, "downloading")
+        await push(hub, url, data)  # the server re-sends: must not start a second download
+        await wait_status(hub, "completed")
+    assert statuses(hub).count("received") == 1
+    assert len(fw.requests_for("fw.bin")) == 1
+
+
+async def test_download_survives_socket_reconnect(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path
+) -> None:
+    data = image(3 * MiB)
+    url = fw.add("fw.bin", data, faults=Faults(stall_after=MiB, stall_for=0.5))
+    target = tmp_path / "f.img"
+    async with NervesHubLink(fwup_writer=FileWriter(target), **options(hub, tmp_path)) as link:
+        await link.wait_joined(5)
+        await push(hub, url, data)
+        await wait_status(hub, "downloading")
+        await hub.disconnect("gw-ota", code=1012)
+        await wait_status(hub, "completed", timeout=15)
+    assert target.read_bytes() == data
+    assert len(fw.requests_for("fw.bin")) == 1
+
+
+async def test_validation_after_update_and_reboot(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path
+) -> None:
+    data = image(10_000)
+    writer = FileWriter(tmp_path / "f.img")
+    async with NervesHubLink(fwup_writer=writer, **options(hub, tmp_path)) as link:
+        await link.wait_joined(5)
+        await link.confirm_update()  # the running 1.0.0 is good
+        await push(hub, fw.add("fw.bin", data), data)
+        await wait_status(hub, "completed")
+    record = hub.devices["gw-ota"]
+    # "Reboot" into the new firmware: it starts unvalidated until the application confirms.
+    async with NervesHubLink(
+        fwup_writer=writer, **options(hub, tmp_path, firmware_meta=NEW_META)
+    ) as link:
+        await hub.wait_for(lambda: record.joins >= 2)
+        assert record.join_params is not None
+        assert record.join_params["nerves_fw_uuid"] == NEW_META["uuid"]
+        assert record.join_params["meta"]["firmware_validated"] is False
+        await link.confirm_update()
+        await hub.wait_for_message(
+            "gw-ota", topic="device", event="firmware_validated", new_only=False
+        )
+        assert writer.confirmed is True
+    async with NervesHubLink(fwup_writer=writer, **options(hub, tmp_path, firmware_meta=NEW_META)):
+        await hub.wait_for(lambda: record.joins >= 3)
+        assert record.join_params["meta"]["firmware_validated"] is True
+
+
+DEVICE_SCRIPT = """
+import asyncio, json, sys
+import nhlink
+from nhlink.update.writers import FileWriter
+
+opts = json.loads(sys.argv[1])
+async def main():
+    link = nhlink.NervesHubLink(fwup_writer=FileWriter(opts.pop("target")), **opts)
+    await link.start()
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+async def test_process_killed_mid_download_resumes_from_state_file(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path
+) -> None:
+    data = image(5 * MiB)
+    url = fw.add("fw.bin", data, faults=Faults(stall_after=3 * MiB + 1000, stall_for=60))
+    target = tmp_path / "slot.img"
+    # Frequent heartbeats: every one wakes hub.wait_for, which re-reads the state file below.
+    opts = options(hub, tmp_path, heartbeat_interval=0.05)
+    opts["state_dir"] = str(opts["state_dir"])
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a real device process, killed below
+        [sys.executable, "-c", DEVICE_SCRIPT, json.dumps({**opts, "target": str(target)})],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        await hub.wait_for_device("gw-ota", timeout=15)
+        await push(hub, url, data)
+        # Wait until the device verified 3 parts and persisted the resume point, then kill -9.
+        state_file = Path(opts["state_dir"]) / "gw-ota.json"
+
+        def resume_point() -> int:
+            try:
+                return int(json.loads(state_file.read_text())["download"]["verified_offset"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return 0
+
+        await hub.wait_for(lambda: resume_point() >= 3 * MiB, timeout=10)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    await hub.wait_for_disconnect("gw-ota", timeout=10)
+    fw.set_faults("fw.bin", Faults())
+    async with NervesHubLink(fwup_writer=FileWriter(target), **options(hub, tmp_path)):
+        record = await hub.wait_for_device("gw-ota")
+        assert record.join_params is not None
+        assert record.join_params["currently_downloading_uuid"] == NEW_META["uuid"]
+        await push(hub, url, data)
+        await wait_status(hub, "completed")
+    assert target.read_bytes() == data
+    last = fw.requests_for("fw.bin")[-1]
+    assert last.range == f"bytes={3 * MiB}-"

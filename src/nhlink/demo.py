@@ -123,7 +123,8 @@ async def run_demo(
             )
             await link.confirm_update()
             say(
-                f"3. server pushes update {NEW['version']} ({size_mib} MiB, SHA-256 {checksum[:16]}…)"
+                f"3. server pushes update {NEW['version']} ({size_mib} MiB, "
+                f"SHA-256 {checksum[:16]}…)"
             )
             t0 = time.monotonic()
             await hub.push_update(

@@ -106,7 +106,7 @@ def _extensions() -> list[Extension]:
             file=sys.stderr,
         )
         return []
-    exts = [Extension(name, [str(src)], extra_compile_args=["-O3"]) for name, src in EXTENSIONS]
+    exts = [Extension(name, [str(src)], extra_compile_args=["-O3", "-g0"]) for name, src in EXTENSIONS]
     return cythonize(exts, compiler_directives=DIRECTIVES, quiet=True)  # type: ignore[no-any-return]
 
 

@@ -175,6 +175,8 @@ class NervesHubLink:
         self._reply_handlers: dict[str, Callable[[Reply], Awaitable[None]]] = {}
         self._topic_handlers: dict[str, Callable[[Push], Awaitable[None]]] = {}
         self._channel_closed_handlers: dict[str, Callable[[ChannelClosed], Awaitable[None]]] = {}
+        self._joined_handlers: dict[str, Callable[[Joined], Awaitable[None]]] = {}
+        self._join_refused_handlers: dict[str, Callable[[JoinRefused], Awaitable[None]]] = {}
         # Components, each owning one part of the protocol. They talk to the server through
         # send()/join()/on_topic()/on_reply() and are told about (dis)connections below.
         from .extensions.router import ExtensionRouter
@@ -307,15 +309,34 @@ class NervesHubLink:
         if self.session.is_joined(wire.TOPIC_DEVICE):
             await self.send(wire.TOPIC_DEVICE, wire.EVENT_FIRMWARE_VALIDATED, {})
 
-    async def send(self, topic: str, event: str, payload: Any, *, track_reply: bool = False) -> str:
-        """Push ``event`` on a joined topic; returns the ref used. Raises ConnectionClosed when
-        there is no connection and LocalProtocolError when the topic is not joined."""
+    async def send(
+        self,
+        topic: str,
+        event: str,
+        payload: Any,
+        *,
+        track_reply: bool = False,
+        on_reply: Callable[[Reply], Awaitable[None]] | None = None,
+    ) -> str:
+        """Push ``event`` on a joined topic; returns the ref used.
+
+        ``on_reply`` is registered for this message's ref *before* it is written, so the reply
+        can never race past it (it implies ``track_reply``). Raises ConnectionClosed when there
+        is no connection and LocalProtocolError when the topic is not joined.
+        """
         ws = self._ws
         if ws is None:
             raise ConnectionClosed(1006, "", "not connected to NervesHub")
-        frame = self.session.push(topic, event, payload, track_reply=track_reply)
-        await ws.send_text(frame)
-        return self.session.last_ref()
+        frame = self.session.push(topic, event, payload, track_reply=track_reply or bool(on_reply))
+        ref = self.session.last_ref()  # before any await: another task may send meanwhile
+        if on_reply is not None:
+            self._reply_handlers[ref] = on_reply
+        try:
+            await ws.send_text(frame)
+        except BaseException:
+            self._reply_handlers.pop(ref, None)
+            raise
+        return ref
 
     async def join(self, topic: str, payload: Any) -> None:
         """Send ``phx_join`` for ``topic`` (the reply arrives as a Joined/JoinRefused event)."""
@@ -331,11 +352,18 @@ class NervesHubLink:
         topic: str,
         push: Callable[[Push], Awaitable[None]],
         closed: Callable[[ChannelClosed], Awaitable[None]] | None = None,
+        *,
+        joined: Callable[[Joined], Awaitable[None]] | None = None,
+        join_refused: Callable[[JoinRefused], Awaitable[None]] | None = None,
     ) -> None:
-        """Route pushes (and channel closes) of ``topic`` to handlers."""
+        """Route a topic's pushes, channel closes, and join outcomes to a component."""
         self._topic_handlers[topic] = push
         if closed is not None:
             self._channel_closed_handlers[topic] = closed
+        if joined is not None:
+            self._joined_handlers[topic] = joined
+        if join_refused is not None:
+            self._join_refused_handlers[topic] = join_refused
 
     def on_reply(self, ref: str, handler: Callable[[Reply], Awaitable[None]]) -> None:
         self._reply_handlers[ref] = handler
@@ -467,6 +495,7 @@ class NervesHubLink:
 
     async def _connection_lost(self) -> None:
         """The socket is gone (channels are reset): tell the components."""
+        self._reply_handlers.clear()  # no reply can come for a message of a dead socket
         for component, hook in ((self.extensions, "extensions"), (self.updates, "updates")):
             try:
                 await component.connection_lost()
@@ -553,10 +582,16 @@ class NervesHubLink:
             await self._on_update(response)
 
     async def _other_joined(self, event: Joined) -> None:
-        pass
+        handler = self._joined_handlers.get(event.topic)
+        if handler is not None:
+            await handler(event)
 
     async def _other_join_refused(self, event: JoinRefused) -> None:
-        logger.warning("%s: join of %r refused: %r", self.name, event.topic, event.response)
+        handler = self._join_refused_handlers.get(event.topic)
+        if handler is not None:
+            await handler(event)
+        else:
+            logger.warning("%s: join of %r refused: %r", self.name, event.topic, event.response)
 
     # -- device channel pushes (PROTOCOL.md §6.4) -----------------------------------------------
 

@@ -34,7 +34,7 @@ META = {
 }
 NEW_META = {**META, "uuid": "22222222-2222-2222-2222-222222222222", "version": "1.1.0"}
 MiB = 1024 * 1024
-FAST_DOWNLOADS = DownloadOptions(retry_delay=0.01, retry_delay_max=0.05, idle_timeout=1.0)
+FAST_DOWNLOADS = DownloadOptions(retry_delay=0.01, retry_delay_max=0.05, idle_timeout=10.0)
 
 
 def image(size: int, seed: int = 1) -> bytes:

@@ -186,14 +186,13 @@ class ExtensionRouter:
         self._rejoin_attempts = 0
         self._rejoin_task: asyncio.Task[None] | None = None
         self._stopped = False  # stop() was called; cleared by the next extensions:get
-        link.on_topic(wire.TOPIC_EXTENSIONS, self._on_push, self._on_channel_closed)
-        # link.py dispatches Joined/JoinRefused of topics other than "device" to these two
-        # methods and has no registration hook for them yet: replace them on this instance,
-        # passing other topics on to the originals.
-        self._next_joined = link._other_joined
-        self._next_join_refused = link._other_join_refused
-        link._other_joined = self._on_joined  # type: ignore[method-assign]
-        link._other_join_refused = self._on_join_refused  # type: ignore[method-assign]
+        link.on_topic(
+            wire.TOPIC_EXTENSIONS,
+            self._on_push,
+            self._on_channel_closed,
+            joined=self._on_joined,
+            join_refused=self._on_join_refused,
+        )
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -277,11 +276,21 @@ class ExtensionRouter:
         if not workers:
             return
         _, pending = await asyncio.wait(workers, timeout=self.stop_timeout)
+        if not pending:
+            return
+        # A handler is stuck: cancel its worker, then still give a started extension its stop().
         for task in pending:
-            logger.warning("%s: extension worker %s did not stop in time", self._name, task)
+            logger.warning("%s: extension worker %s did not finish in time", self._name, task)
             task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
+        for slot in self._slots.values():
+            slot.jobs.clear()
+            if slot.started:
+                slot.started = False
+                try:
+                    await asyncio.wait_for(_maybe_await(slot.extension.stop()), self.stop_timeout)
+                except Exception:
+                    logger.exception("%s: extension %s failed to stop", self._name, slot.name)
 
     # -- channel ---------------------------------------------------------------------------------
 
@@ -308,9 +317,6 @@ class ExtensionRouter:
             logger.debug("%s: cannot join extensions: not connected", self._name)
 
     async def _on_joined(self, event: Joined) -> None:
-        if event.topic != wire.TOPIC_EXTENSIONS:
-            await self._next_joined(event)
-            return
         if self._stopped:
             return
         self._joined = True
@@ -328,9 +334,6 @@ class ExtensionRouter:
                 logger.debug("%s: server offers extension %r; not configured", self._name, name)
 
     async def _on_join_refused(self, event: JoinRefused) -> None:
-        if event.topic != wire.TOPIC_EXTENSIONS:
-            await self._next_join_refused(event)
-            return
         logger.warning("%s: extensions join refused: %r", self._name, event.response)
         if not self._stopped:
             self._schedule_rejoin()
@@ -450,24 +453,23 @@ class ExtensionRouter:
         """Send ``"<name>:attached"``, watching for the bare ``"detach"`` error reply (§8.2)."""
         if not self.link.session.is_joined(wire.TOPIC_EXTENSIONS):
             return False
-        # Register the reply handler *before* sending: link.send() returns the ref only after
-        # awaiting the write (by then another task may have sent, and the reply may even have
-        # been dispatched). Refs come from one increasing integer counter (channel.py
-        # invariants) and send() calls session.push() before its first await, so the ref this
-        # push gets is the next one.
+        # The reply handler is registered for the ref before the write (send(on_reply=...)), so
+        # the bare "detach" error reply cannot race past it. The ref is predicted only to give
+        # the handler its own ref: refs come from one increasing counter and send() takes the
+        # next one synchronously (channel.py invariants).
         ref = str(int(self.link.session.last_ref()) + 1)
         slot.attach_ref = ref
-        self.link.on_reply(ref, self._attach_refused(slot, ref, epoch))
         try:
-            await self.link.send(
+            sent = await self.link.send(
                 wire.TOPIC_EXTENSIONS,
                 slot.name + wire.EXTENSION_ATTACHED_SUFFIX,
                 {},
-                track_reply=True,
+                on_reply=self._attach_refused(slot, ref, epoch),
             )
         except ConnectionClosed:
             slot.attach_ref = None
             return False
+        assert sent == ref, (sent, ref)
         return True
 
     # -- per-extension workers -------------------------------------------------------------------

@@ -15,9 +15,9 @@ Files (``bytes`` in memory, or a path streamed from disk, never loaded whole) ar
 Faults are per file, in a mutable :class:`Faults` (:meth:`FirmwareServer.faults`); changes apply
 from the next request. Per request, in this order: an injected ``status``; the ``redirects``
 chain (``/fw/<name>`` → ``/r/<k-1>/<name>`` → ... → ``/r/0/<name>``, which serves); then the
-body with ``ignore_range``, ``content_range`` lies, ``corrupt_at``, ``stall_after`` and
-``cut_after``. The query string of the URL is kept across redirects and otherwise ignored (put
-a fake pre-signature there to test redaction).
+body with ``ignore_range``, ``range_limit``, ``content_range`` lies, ``chunked``, ``corrupt_at``,
+``stall_after`` and ``cut_after``. The query string of the URL is kept across redirects and
+otherwise ignored (put a fake pre-signature there to test redaction).
 
 Every request is recorded (:class:`FileRequest`, in :attr:`FirmwareServer.requests`) as soon as
 it arrives and updated as it is answered; :meth:`FirmwareServer.wait_for_requests` awaits a

@@ -101,8 +101,12 @@ class DownloadOptions:
     max_total_time: float = 24 * 3600
     #: redirects followed per request (301, 302, 303, 307, 308).
     max_redirects: int = 5
-    #: network read buffer (aiohttp ``read_bufsize``): chunks handed to the sink are up to about
-    #: twice this.
+    #: network read buffer (aiohttp ``read_bufsize``); aiohttp stops reading from the socket
+    #: when twice this is waiting. Chunks handed to the sink are what was buffered: up to about
+    #: that plus one socket read (256 KiB). Trade-off: when a connection drops, aiohttp discards
+    #: what it had buffered (its reads raise before returning it), so up to about that much is
+    #: fetched again on resume; 256 KiB measured ~5-10 % faster than 64 KiB on loopback (fewer
+    #: pause/resume cycles), which only matters on links faster than ~500 MiB/s.
     chunk_size: int = 65536
     user_agent: str = "nhlink"
 
@@ -186,8 +190,11 @@ def _parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+_QUERY_IN_TEXT = re.compile(r"\?[^\s'\"<>)]+")
+
+
 def _describe(exc: BaseException, url: str) -> str:
-    """A loggable description of a network error, without the URL's query string."""
+    """A loggable description of a network error, without any URL query string."""
     if isinstance(exc, aiohttp.ClientResponseError):
         # Its str() embeds the full request URL; keep the status and message only.
         return f"{type(exc).__name__}: {exc.status} {exc.message}".rstrip()
@@ -195,6 +202,8 @@ def _describe(exc: BaseException, url: str) -> str:
     query = URL(url).raw_query_string if "?" in url else ""
     if query:
         text = text.replace(query, "…")
+    # Any other URL in the text (a redirect target, say) may carry its own signature.
+    text = _QUERY_IN_TEXT.sub("?…", text)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -237,7 +246,6 @@ async def download(
     if offset < 0 or (expected_size is not None and not 0 <= offset <= expected_size):
         raise ValueError(f"offset {offset} out of range for expected_size {expected_size}")
     display = redact_url(url)
-    loop = asyncio.get_running_loop()
     own_session = session is None
     if session is None:
         session = aiohttp.ClientSession(
@@ -252,11 +260,9 @@ async def download(
         sink=sink,
         received=offset,
         total=expected_size,
-        expected=expected_size,
         options=options,
         session=session,
         ssl=True if ssl is None else ssl,
-        loop=loop,
     )
     cap = asyncio.timeout(options.max_total_time)
     try:
@@ -285,11 +291,9 @@ class _Download:
         sink: DownloadSink,
         received: int,
         total: int | None,
-        expected: int | None,
         options: DownloadOptions,
         session: aiohttp.ClientSession,
         ssl: _ssl.SSLContext | bool,
-        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.url = url
         self.display = display
@@ -298,11 +302,9 @@ class _Download:
         self.received = received
         #: the file size when known: expected_size, else learned from the first response.
         self.total = total
-        self.expected = expected
         self.options = options
         self.session = session
         self.ssl = ssl
-        self.loop = loop
         #: False once a server sent a Content-Range we did not ask for: stop sending Range.
         self.ranges_ok = True
 
@@ -389,7 +391,7 @@ class _Download:
         clean = False
         try:
             try:
-                async with asyncio.timeout(idle) as timer:
+                async with asyncio.timeout(idle) as connecting:
                     response = await self.session.request(
                         "GET",
                         self.url,
@@ -404,7 +406,7 @@ class _Download:
                         auto_decompress=False,
                     )
             except (aiohttp.ClientError, OSError) as exc:  # OSError includes TimeoutError
-                if timer.expired():
+                if connecting.expired():
                     raise _Retry(f"no response within {idle:g} s") from None
                 if isinstance(exc, _PERMANENT_CLIENT_ERRORS):
                     raise PermanentDownloadError(
@@ -425,11 +427,16 @@ class _Download:
             sink_data = self.sink.data
             total = self.total
             while True:
+                timer = None
                 try:
-                    async with asyncio.timeout(idle) as timer:
-                        chunk = await content.readany()
+                    # Bytes already buffered need no timer (the usual case while the sink
+                    # hashes and writes): saves a timer per chunk. Same data as readany().
+                    chunk = content.read_nowait()
+                    if not chunk:
+                        async with asyncio.timeout(idle) as timer:
+                            chunk = await content.readany()
                 except (aiohttp.ClientError, OSError) as exc:  # OSError includes TimeoutError
-                    if timer.expired():
+                    if timer is not None and timer.expired():
                         raise _Retry(f"no data for {idle:g} s at byte {self.received}") from None
                     raise _Retry(
                         f"connection lost at byte {self.received}: {_describe(exc, self.url)}"

@@ -22,17 +22,15 @@ nothing per call); ``extra_info`` carries ``impl``, ``items`` (100 messages) and
 
 from __future__ import annotations
 
-import importlib
 import json
-import time
 from collections import deque
 from collections.abc import Callable
 from itertools import repeat, starmap
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from benchmarks._bench import optional, run
 from nhlink.errors import DecodeError
 
 BATCH = 100
@@ -68,35 +66,10 @@ MESSAGES: dict[str, tuple[Any, ...]] = {
 }
 
 
-def _optional(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
-
-
-NH_C = _optional("nhlink._core.cython")
-NH_PY = _optional("nhlink._core.python")
-ORJSON = _optional("orjson")
-MSGSPEC = _optional("msgspec")
-
-
-def run(
-    benchmark: Any, fn: Callable[[], object], *, group: str, impl: str, items: int, unit: str
-) -> None:
-    """Benchmark ``fn`` for ~0.3 s: tiny calls are batched so timer resolution does not matter."""
-    benchmark.group = group
-    benchmark.extra_info["impl"] = impl
-    benchmark.extra_info["items"] = items
-    benchmark.extra_info["unit"] = unit
-    fn()
-    started = time.perf_counter()
-    for _ in range(3):
-        fn()
-    once = max((time.perf_counter() - started) / 3, 1e-8)
-    iterations = max(1, int(2e-4 / once))
-    rounds = max(5, min(2000, int(0.3 / (once * iterations))))
-    benchmark.pedantic(fn, rounds=rounds, iterations=iterations, warmup_rounds=1)
+NH_C = optional("nhlink._core.cython")
+NH_PY = optional("nhlink._core.python")
+ORJSON = optional("orjson")
+MSGSPEC = optional("msgspec")
 
 
 # --- rivals, each doing nhlink's job ----------------------------------------------------------

@@ -18,14 +18,14 @@ in memory: this measures the CPU cost, not the network). Rows:
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
-import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import pytest
+
+from benchmarks._bench import optional, run
 
 TOTAL = 4 * 1024 * 1024
 BLOCK = 64 * 1024
@@ -38,36 +38,13 @@ CHUNKS = {
 }
 
 
-def _optional(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
-
-
-NH_C = _optional("nhlink._core.cython")
-NH_PY = _optional("nhlink._core.python")
+NH_C = optional("nhlink._core.cython")
+NH_PY = optional("nhlink._core.python")
 IMPLS = {
     name: module
     for name, module in (("nhlink-cython", NH_C), ("nhlink-python", NH_PY))
     if module is not None
 }
-
-
-def run(
-    benchmark: Any, fn: Callable[[], object], *, group: str, impl: str, items: int, unit: str
-) -> None:
-    """Benchmark ``fn`` for ~0.3 s (at least 5 rounds)."""
-    benchmark.group = group
-    benchmark.extra_info["impl"] = impl
-    benchmark.extra_info["items"] = items
-    benchmark.extra_info["unit"] = unit
-    fn()
-    started = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - started, 1e-8)
-    rounds = max(5, min(200, int(0.3 / once)))
-    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
 
 
 def bare_hashlib(chunks: list[bytes]) -> str:
@@ -100,7 +77,15 @@ def test_stream(benchmark: Any, chunk: str, impl: str) -> None:
         core = IMPLS[impl]
         fn = lambda: nhlink_pipeline(core, chunks, None)  # noqa: E731
     assert fn() == EXPECTED
-    run(benchmark, fn, group=f"digest: {chunk} chunks", impl=impl, items=TOTAL, unit="bytes")
+    run(
+        benchmark,
+        fn,
+        batch=False,
+        group=f"digest: {chunk} chunks",
+        impl=impl,
+        items=TOTAL,
+        unit="bytes",
+    )
 
 
 @pytest.mark.parametrize("impl", ["hashlib", *IMPLS])
@@ -116,6 +101,7 @@ def test_stream_with_parts(benchmark: Any, impl: str) -> None:
     run(
         benchmark,
         fn,
+        batch=False,
         group="digest: 1 KiB chunks + 1 MiB parts",
         impl=impl,
         items=TOTAL,

@@ -34,7 +34,6 @@ import logging
 import re
 import socket
 import struct
-import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from types import ModuleType
@@ -42,44 +41,21 @@ from typing import Any
 
 import pytest
 
+from benchmarks._bench import optional, run
+
 CHUNK = 64 * 1024
 KEY = bytes.fromhex("37fa213d")
 
 
-def _optional(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
-
-
-NH_C = _optional("nhlink._core.cython")
-NH_PY = _optional("nhlink._core.python")
-AIOHTTP_READER = _optional("aiohttp._websocket.reader_c")
-AIOHTTP_MASK = _optional("aiohttp._websocket.mask")
-WS_FRAMES = _optional("websockets.frames")
-WS_STREAMS = _optional("websockets.streams")
-WS_SPEEDUPS = _optional("websockets.speedups")
-WSPROTO = _optional("wsproto.frame_protocol")
-PICOWS = _optional("picows")
-
-
-def run(
-    benchmark: Any, fn: Callable[[], object], *, group: str, impl: str, items: int, unit: str
-) -> None:
-    """Benchmark ``fn`` for ~0.3 s: tiny calls are batched so timer resolution does not matter."""
-    benchmark.group = group
-    benchmark.extra_info["impl"] = impl
-    benchmark.extra_info["items"] = items
-    benchmark.extra_info["unit"] = unit
-    fn()
-    started = time.perf_counter()
-    for _ in range(3):
-        fn()
-    once = max((time.perf_counter() - started) / 3, 1e-8)
-    iterations = max(1, int(2e-4 / once))
-    rounds = max(5, min(2000, int(0.3 / (once * iterations))))
-    benchmark.pedantic(fn, rounds=rounds, iterations=iterations, warmup_rounds=1)
+NH_C = optional("nhlink._core.cython")
+NH_PY = optional("nhlink._core.python")
+AIOHTTP_READER = optional("aiohttp._websocket.reader_c")
+AIOHTTP_MASK = optional("aiohttp._websocket.mask")
+WS_FRAMES = optional("websockets.frames")
+WS_STREAMS = optional("websockets.streams")
+WS_SPEEDUPS = optional("websockets.speedups")
+WSPROTO = optional("wsproto.frame_protocol")
+PICOWS = optional("picows")
 
 
 # --- Parsing -----------------------------------------------------------------------------------

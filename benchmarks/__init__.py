@@ -1,0 +1,1 @@
+"""Benchmark suites (pytest-benchmark); never part of the default test run. See compare.py."""

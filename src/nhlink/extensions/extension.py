@@ -26,6 +26,8 @@ import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
+from ..protocol import wire
+
 if TYPE_CHECKING:
     from ..link import NervesHubLink
     from .router import ExtensionRouter
@@ -35,7 +37,7 @@ __all__ = ["DEFAULT_VERSION", "Extension", "ExtensionContext", "ExtensionReply"]
 logger = logging.getLogger(__name__)
 
 #: §8.1: the server accepts ``~> 0.0.1`` (>= 0.0.1, < 0.1.0) for the five extensions it knows.
-DEFAULT_VERSION: Final = "0.0.1"
+DEFAULT_VERSION: Final = wire.EXT_DEFAULT_VERSION
 
 #: What ``handle_event`` may return to answer: ``(event, payload)``, sent as ``"<name>:<event>"``.
 ExtensionReply: TypeAlias = tuple[str, Any]

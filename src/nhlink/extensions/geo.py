@@ -16,6 +16,7 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeAlias
 
+from ..protocol import wire
 from .extension import DEFAULT_VERSION, Extension, ExtensionReply
 
 __all__ = ["GeoError", "GeoExtension", "GeoResolver"]
@@ -23,19 +24,19 @@ __all__ = ["GeoError", "GeoExtension", "GeoResolver"]
 logger = logging.getLogger(__name__)
 
 # §8.5 — wire strings (events relative to the "geo:" prefix).
-NAME: Final = "geo"
-EVENT_LOCATION_REQUEST: Final = "location:request"  # server → device, {}
-EVENT_LOCATION_UPDATE: Final = "location:update"  # device → server
-KEY_SOURCE: Final = "source"
-KEY_LATITUDE: Final = "latitude"
-KEY_LONGITUDE: Final = "longitude"
-KEY_ACCURACY: Final = "accuracy"
-KEY_ERROR_CODE: Final = "error_code"
-KEY_ERROR_DESCRIPTION: Final = "error_description"
+NAME: Final = wire.GEO_NAME
+EVENT_LOCATION_REQUEST: Final = wire.GEO_EVENT_LOCATION_REQUEST
+EVENT_LOCATION_UPDATE: Final = wire.GEO_EVENT_LOCATION_UPDATE
+KEY_SOURCE: Final = wire.GEO_KEY_SOURCE
+KEY_LATITUDE: Final = wire.GEO_KEY_LATITUDE
+KEY_LONGITUDE: Final = wire.GEO_KEY_LONGITUDE
+KEY_ACCURACY: Final = wire.GEO_KEY_ACCURACY
+KEY_ERROR_CODE: Final = wire.GEO_KEY_ERROR_CODE
+KEY_ERROR_DESCRIPTION: Final = wire.GEO_KEY_ERROR_DESCRIPTION
 #: error codes nhlink itself reports
-ERROR_RESOLVER: Final = "resolver_error"
-ERROR_INVALID: Final = "invalid_location"
-ERROR_TIMEOUT: Final = "timeout"
+ERROR_RESOLVER: Final = wire.GEO_ERROR_RESOLVER
+ERROR_INVALID: Final = wire.GEO_ERROR_INVALID
+ERROR_TIMEOUT: Final = wire.GEO_ERROR_TIMEOUT
 
 GeoResolver: TypeAlias = Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
 

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias
 
+from ..protocol import wire
 from .extension import DEFAULT_VERSION, Extension, ExtensionReply
 
 __all__ = [
@@ -34,24 +35,24 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # §8.3 — wire strings (events are relative to the "health:" prefix).
-NAME: Final = "health"
-EVENT_CHECK: Final = "check"  # server → device: health:check {}
-EVENT_REPORT: Final = "report"  # device → server: health:report {"value": <report>}
-REPORT_VALUE: Final = "value"  # the required wrapper key
-KEY_TIMESTAMP: Final = "timestamp"
-KEY_METRICS: Final = "metrics"
-KEY_METADATA: Final = "metadata"
-KEY_ALARMS: Final = "alarms"
-KEY_CHECKS: Final = "checks"
-KEY_CONNECTIVITY: Final = "connectivity"
-CHECK_PASS: Final = "pass"
-CHECK_NOTE: Final = "note"
+NAME: Final = wire.HEALTH_NAME
+EVENT_CHECK: Final = wire.HEALTH_EVENT_CHECK
+EVENT_REPORT: Final = wire.HEALTH_EVENT_REPORT
+REPORT_VALUE: Final = wire.HEALTH_REPORT_VALUE
+KEY_TIMESTAMP: Final = wire.HEALTH_KEY_TIMESTAMP
+KEY_METRICS: Final = wire.HEALTH_KEY_METRICS
+KEY_METADATA: Final = wire.HEALTH_KEY_METADATA
+KEY_ALARMS: Final = wire.HEALTH_KEY_ALARMS
+KEY_CHECKS: Final = wire.HEALTH_KEY_CHECKS
+KEY_CONNECTIVITY: Final = wire.HEALTH_KEY_CONNECTIVITY
+CHECK_PASS: Final = wire.HEALTH_CHECK_PASS
+CHECK_NOTE: Final = wire.HEALTH_CHECK_NOTE
 #: The report sections a provider may supply, in report order (all but ``timestamp``).
 SECTIONS: Final = (KEY_METRICS, KEY_METADATA, KEY_ALARMS, KEY_CHECKS, KEY_CONNECTIVITY)
 
 #: Alarm id and check name under which a failing provider is reported (NHL uses an alarm too).
-ALARM_CHECK_FAILED: Final = "nhlink.HealthCheckFailed"
-CHECK_PROVIDER: Final = "health_provider"
+ALARM_CHECK_FAILED: Final = wire.HEALTH_ALARM_CHECK_FAILED
+CHECK_PROVIDER: Final = wire.HEALTH_CHECK_PROVIDER
 
 Section: TypeAlias = Mapping[str, Any]
 MetricsCallable: TypeAlias = Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]

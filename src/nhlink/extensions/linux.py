@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
+from ..protocol import wire
 from .health import HealthProvider
 
 __all__ = ["LinuxHealthProvider"]
@@ -25,18 +26,18 @@ logger = logging.getLogger(__name__)
 # §8.3 metric names (nerves_hub_link's MetricSet.CPU/Memory/Disk). The server's default
 # warning/unhealthy thresholds apply to cpu_usage_percent, mem_used_percent and
 # disk_used_percentage.
-METRIC_LOAD_1: Final = "load_1min"
-METRIC_LOAD_5: Final = "load_5min"
-METRIC_LOAD_15: Final = "load_15min"
-METRIC_CPU_USAGE: Final = "cpu_usage_percent"
-METRIC_CPU_TEMP: Final = "cpu_temp"  # °C
-METRIC_MEM_SIZE: Final = "mem_size_mb"  # MiB
-METRIC_MEM_USED: Final = "mem_used_mb"  # MiB
-METRIC_MEM_USED_PERCENT: Final = "mem_used_percent"
-METRIC_DISK_TOTAL: Final = "disk_total_kb"  # KiB
-METRIC_DISK_AVAILABLE: Final = "disk_available_kb"  # KiB, available to unprivileged users
-METRIC_DISK_USED_PERCENT: Final = "disk_used_percentage"
-METRIC_UPTIME: Final = "uptime"  # seconds
+METRIC_LOAD_1: Final = wire.HEALTH_METRIC_LOAD_1
+METRIC_LOAD_5: Final = wire.HEALTH_METRIC_LOAD_5
+METRIC_LOAD_15: Final = wire.HEALTH_METRIC_LOAD_15
+METRIC_CPU_USAGE: Final = wire.HEALTH_METRIC_CPU_USAGE
+METRIC_CPU_TEMP: Final = wire.HEALTH_METRIC_CPU_TEMP
+METRIC_MEM_SIZE: Final = wire.HEALTH_METRIC_MEM_SIZE
+METRIC_MEM_USED: Final = wire.HEALTH_METRIC_MEM_USED
+METRIC_MEM_USED_PERCENT: Final = wire.HEALTH_METRIC_MEM_USED_PERCENT
+METRIC_DISK_TOTAL: Final = wire.HEALTH_METRIC_DISK_TOTAL
+METRIC_DISK_AVAILABLE: Final = wire.HEALTH_METRIC_DISK_AVAILABLE
+METRIC_DISK_USED_PERCENT: Final = wire.HEALTH_METRIC_DISK_USED_PERCENT
+METRIC_UPTIME: Final = wire.HEALTH_METRIC_UPTIME
 
 #: Thermal zone types that name the CPU/SoC sensor, preferred over zone order.
 _CPU_ZONE_TYPES: Final = ("cpu", "x86_pkg_temp", "soc", "coretemp", "package")

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..errors import ConfigError
+from ..protocol import wire
 from .extension import DEFAULT_VERSION, Extension, ExtensionContext
 
 __all__ = [
@@ -43,12 +44,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # §8.4 — wire strings (the event is relative to the "logging:" prefix).
-NAME: Final = "logging"
-EVENT_SEND: Final = "send"  # device → server: logging:send
-KEY_LEVEL: Final = "level"
-KEY_MESSAGE: Final = "message"
-KEY_META: Final = "meta"
-META_TIME: Final = "time"  # Unix microseconds as a decimal string; meta values are strings
+NAME: Final = wire.LOGGING_NAME
+EVENT_SEND: Final = wire.LOGGING_EVENT_SEND
+KEY_LEVEL: Final = wire.LOGGING_KEY_LEVEL
+KEY_MESSAGE: Final = wire.LOGGING_KEY_MESSAGE
+KEY_META: Final = wire.LOGGING_KEY_META
+META_TIME: Final = wire.LOGGING_META_TIME
 # §8.4 — the server's per-device limit.
 SERVER_RATE: Final = 5.0
 SERVER_BURST: Final = 10

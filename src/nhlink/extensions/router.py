@@ -51,10 +51,10 @@ __all__ = ["ExtensionRouter"]
 logger = logging.getLogger(__name__)
 
 # §8.2 — wire strings not (yet) in protocol/wire.py.
-ATTACH_KEY: Final = "extensions"  # attach/detach payload: {"extensions": [names] | "all" | name}
-ATTACH_ALL: Final = "all"  # NHL accepts it; so do we
-ERROR_REASON: Final = "reason"  # "<name>:error" {"reason": str}
-REASON_START_FAILURE: Final = "start_failure"  # NHL's reason; we append the exception
+ATTACH_KEY: Final = wire.EXTENSIONS_ATTACH_KEY
+ATTACH_ALL: Final = wire.EXTENSIONS_ATTACH_ALL
+ERROR_REASON: Final = wire.EXTENSIONS_ERROR_REASON
+REASON_START_FAILURE: Final = wire.EXTENSIONS_REASON_START_FAILURE
 MAX_REASON_LENGTH: Final = 200
 
 #: Delays before re-joining after the channel closed, crashed or the join was refused; the

@@ -100,3 +100,67 @@ CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001  # same identity connected elsewhere
 CLOSE_PROTOCOL_ERROR: Final = 1002  # also Bandit's idle timeout
 CLOSE_SERVICE_RESTART: Final = 1012  # server draining
+
+# §8 — extension names, events and payload keys (used by nhlink.extensions)
+# §8.1 — extensions/extension.py
+EXT_DEFAULT_VERSION: Final = "0.0.1"
+
+# §8.5 — extensions/geo.py
+GEO_NAME: Final = "geo"
+GEO_EVENT_LOCATION_REQUEST: Final = "location:request"  # server → device, {}
+GEO_EVENT_LOCATION_UPDATE: Final = "location:update"  # device → server
+GEO_KEY_SOURCE: Final = "source"
+GEO_KEY_LATITUDE: Final = "latitude"
+GEO_KEY_LONGITUDE: Final = "longitude"
+GEO_KEY_ACCURACY: Final = "accuracy"
+GEO_KEY_ERROR_CODE: Final = "error_code"
+GEO_KEY_ERROR_DESCRIPTION: Final = "error_description"
+GEO_ERROR_RESOLVER: Final = "resolver_error"
+GEO_ERROR_INVALID: Final = "invalid_location"
+GEO_ERROR_TIMEOUT: Final = "timeout"
+
+# §8.3 — extensions/health.py
+HEALTH_NAME: Final = "health"
+HEALTH_EVENT_CHECK: Final = "check"  # server → device: health:check {}
+HEALTH_EVENT_REPORT: Final = "report"  # device → server: health:report {"value": <report>}
+HEALTH_REPORT_VALUE: Final = "value"  # the required wrapper key
+HEALTH_KEY_TIMESTAMP: Final = "timestamp"
+HEALTH_KEY_METRICS: Final = "metrics"
+HEALTH_KEY_METADATA: Final = "metadata"
+HEALTH_KEY_ALARMS: Final = "alarms"
+HEALTH_KEY_CHECKS: Final = "checks"
+HEALTH_KEY_CONNECTIVITY: Final = "connectivity"
+HEALTH_CHECK_PASS: Final = "pass"
+HEALTH_CHECK_NOTE: Final = "note"
+HEALTH_ALARM_CHECK_FAILED: Final = "nhlink.HealthCheckFailed"
+HEALTH_CHECK_PROVIDER: Final = "health_provider"
+
+# §8.3 (metric names as nerves_hub_link reports them) — extensions/linux.py
+HEALTH_METRIC_LOAD_1: Final = "load_1min"
+HEALTH_METRIC_LOAD_5: Final = "load_5min"
+HEALTH_METRIC_LOAD_15: Final = "load_15min"
+HEALTH_METRIC_CPU_USAGE: Final = "cpu_usage_percent"
+HEALTH_METRIC_CPU_TEMP: Final = "cpu_temp"  # °C
+HEALTH_METRIC_MEM_SIZE: Final = "mem_size_mb"  # MiB
+HEALTH_METRIC_MEM_USED: Final = "mem_used_mb"  # MiB
+HEALTH_METRIC_MEM_USED_PERCENT: Final = "mem_used_percent"
+HEALTH_METRIC_DISK_TOTAL: Final = "disk_total_kb"  # KiB
+HEALTH_METRIC_DISK_AVAILABLE: Final = "disk_available_kb"  # KiB, available to unprivileged users
+HEALTH_METRIC_DISK_USED_PERCENT: Final = "disk_used_percentage"
+HEALTH_METRIC_UPTIME: Final = "uptime"  # seconds
+
+# §8.4 — extensions/logs.py
+LOGGING_NAME: Final = "logging"
+LOGGING_EVENT_SEND: Final = "send"  # device → server: logging:send
+LOGGING_KEY_LEVEL: Final = "level"
+LOGGING_KEY_MESSAGE: Final = "message"
+LOGGING_KEY_META: Final = "meta"
+LOGGING_META_TIME: Final = "time"  # Unix microseconds as a decimal string; meta values are strings
+
+# §8.2 — extensions/router.py
+EXTENSIONS_ATTACH_KEY: Final = (
+    "extensions"  # attach/detach payload: {"extensions": [names] | "all" | name}
+)
+EXTENSIONS_ATTACH_ALL: Final = "all"  # NHL accepts it; so do we
+EXTENSIONS_ERROR_REASON: Final = "reason"  # "<name>:error" {"reason": str}
+EXTENSIONS_REASON_START_FAILURE: Final = "start_failure"  # NHL's reason; we append the exception

@@ -136,7 +136,7 @@ async def run_websockets(url: str, count: int, size: int) -> int:
 async def run_picows(url: str, count: int, size: int) -> int:
     import picows
 
-    class Listener(picows.WSListener):
+    class Listener(picows.WSListener):  # type: ignore[misc,unused-ignore]  # Any without picows
         n = 0
 
         def on_ws_frame(self, transport: Any, frame: Any) -> None:

@@ -85,6 +85,9 @@ async def _nhlink(core_name: str, url: str, size: int, digest: str) -> int:
         async def restart(self) -> None:
             self.digest.reset()
 
+        def total_size(self, size: int) -> None:
+            pass
+
         async def data(self, chunk: bytes) -> None:
             for block in self.digest.feed(chunk):
                 writer.write(block)

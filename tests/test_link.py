@@ -178,6 +178,7 @@ async def test_reconnect_after_close_code_with_backoff(hub: FakeHub, code: int) 
         status = await link.wait_for(lambda s: s.state is LinkState.WAITING, 5)
         assert status.last_close_code == code
         assert status.next_retry_in == pytest.approx(0.2 * 1.25)  # jitter 0.5 * rand 0.5
+        assert status.last_retry_delay == status.next_retry_in
         attempts = await hub.wait_for_attempts("gw-0001", 2, status=101, timeout=5)
         gap = attempts[1].monotonic - attempts[0].monotonic
         assert gap >= 0.25
@@ -195,14 +196,13 @@ async def test_drain_of_many_devices_reconnects_all_with_jitter(hub: FakeHub) ->
         assert await hub.drain() == 5
         delays = []
         for link in links:
-            status = await link.wait_for(lambda s: s.next_retry_in is not None, 5)
-            assert status.last_close_code == 1012
-            assert status.next_retry_in is not None
-            delays.append(status.next_retry_in)
+            # joins == 2: back after the drain; the delay it waited stays in the status.
+            status = await link.wait_for(lambda s: s.joins >= 2 and s.joined, 5)
+            assert status.last_retry_delay is not None
+            delays.append(status.last_retry_delay)
         assert all(0.05 <= d <= 0.075 for d in delays)
         assert len(set(delays)) > 1  # jitter: not in lockstep
-        for link in links:
-            await link.wait_joined(5)
+        assert all(hub.devices[f"gw-{i:04d}"].close_codes == [1012] for i in range(5))
     finally:
         for link in links:
             await link.stop()
@@ -216,9 +216,9 @@ async def test_reconnect_closes_socket_and_resets_backoff(hub: FakeHub) -> None:
         await link.wait_joined(5)
         link.backoff.attempt = 3
         link.reconnect()
+        assert link.backoff.attempt == 0  # reset by reconnect() itself, before any join
         record = hub.devices["gw-0001"]
         await hub.wait_for(lambda: record.joins >= 2, timeout=3)  # at once, not after 5 s
-        assert link.backoff.attempt == 0
         assert recorder.events[:3] == ["connected", "disconnected", "connected"]
         assert hub.upgrade_counts("gw-0001") == {101: 2}
         assert record.connections == 2
@@ -446,3 +446,49 @@ def test_secret_never_logged_or_shown(caplog: pytest.LogCaptureFixture) -> None:
             host="h", product_key=KEY, product_secret=SECRET, identifier="x", firmware_meta=META
         )
     assert SECRET not in repr(link) + repr(link.config) + caplog.text
+
+
+async def test_stop_lets_async_disconnect_callback_finish(hub: FakeHub) -> None:
+    finished = asyncio.Event()
+
+    class Slow(nhlink.Client):
+        async def handle_disconnected(self) -> None:
+            await asyncio.sleep(0.05)  # work the callback must be allowed to complete
+            finished.set()
+
+    link = NervesHubLink(client=Slow(), **link_options(hub))
+    await link.start()
+    await link.wait_joined(5)
+    await link.stop()
+    assert finished.is_set()
+
+
+async def test_stop_against_a_server_that_ignores_close(
+    hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("nhlink.link._CLOSE_TIMEOUT", 0.3)
+    async with NervesHubLink(**link_options(hub)) as link:
+        await link.wait_joined(5)
+        ws = link._ws
+        assert ws is not None
+        transport = ws._transport
+        assert transport is not None
+        # From now on the server never sees our frames (close included) and never closes.
+        transport.write = lambda data: None  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+    assert loop.time() - started < 3  # bounded by the close timeout, not hanging
+    assert ws.closed
+
+
+async def test_reconnect_during_connect_does_not_skip_later_backoff(hub: FakeHub) -> None:
+    link = NervesHubLink(rand=lambda: 0.0, **link_options(hub, backoff_initial=0.2))
+    await link.start()
+    try:
+        link.reconnect()  # while the first attempt is under way
+        await link.wait_joined(5)
+        await hub.disconnect("gw-0001", code=1001)
+        status = await link.wait_for(lambda s: s.state is LinkState.WAITING, 5)
+        assert status.next_retry_in == pytest.approx(0.2)  # not 0: the flag was consumed
+    finally:
+        await link.stop()

@@ -47,6 +47,9 @@ __all__ = ["LinkState", "LinkStatus", "NervesHubLink"]
 
 logger = logging.getLogger(__name__)
 
+_CLOSE_TIMEOUT = 5.0  # seconds for the server to answer our close frame before we drop TCP
+_STOP_GRACE = 10.0  # seconds stop() lets the connection loop finish its callbacks
+
 
 class LinkState(enum.Enum):
     """Where the connection is in its lifecycle."""
@@ -67,11 +70,17 @@ class LinkStatus:
     last_close_code: int | None = None
     connect_attempts: int = 0
     joins: int = 0
-    next_retry_in: float | None = None
+    next_retry_in: float | None = None  # while WAITING: the delay before the next attempt
+    last_retry_delay: float | None = None  # the most recent backoff delay (kept afterwards)
 
     @property
     def joined(self) -> bool:
         return self.state is LinkState.JOINED
+
+
+async def _close_soon(ws: WebSocket, reason: str, timeout: float = 1.0) -> None:
+    with contextlib.suppress(TimeoutError, NHLinkError, OSError):
+        await asyncio.wait_for(ws.close(1000, reason), timeout)  # aborts TCP when cancelled
 
 
 async def call_callback(name: str, fn: Callable[..., Any] | None, *args: Any) -> Any:
@@ -208,6 +217,7 @@ class NervesHubLink:
             return
         instances.register(self)
         self._stopping = False
+        self.updates.start()
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"nhlink:{self.name}")
 
@@ -222,14 +232,19 @@ class NervesHubLink:
             self._wake.set()
         await self.updates.stop()
         await self.extensions.stop()
+        task = self._task
         ws = self._ws
         if ws is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(1000, "stopping"), 5)
-        task = self._task
+                await asyncio.wait_for(ws.close(1000, "stopping"), _CLOSE_TIMEOUT + 1)
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            if ws is None and self._status.state is LinkState.CONNECTING:
+                task.cancel()  # nothing to finish gracefully: abandon the connection attempt
+            # Let the loop end by itself so the disconnect callbacks run to completion.
+            done, _ = await asyncio.wait({task}, timeout=_STOP_GRACE)
+            if not done:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for t in list(self._tasks):
             t.cancel()
@@ -258,7 +273,8 @@ class NervesHubLink:
         self._reconnect_now = True
         ws = self._ws
         if ws is not None:
-            self._spawn(ws.close(1000, "reconnect"), "reconnect-close")
+            # A clean close frame, but a dead peer must not delay the reconnect: drop TCP after 1 s.
+            self._spawn(_close_soon(ws, "reconnect"), "reconnect-close")
         if self._wake is not None:
             self._wake.set()
 
@@ -305,7 +321,7 @@ class NervesHubLink:
             except Exception as exc:
                 raise WriterError(f"fwup_confirm failed: {exc}") from exc
         self.store.state.validated_uuid = self.config.firmware_meta["uuid"]
-        await asyncio.to_thread(self.store.save)
+        await self.store.asave()
         if self.session.is_joined(wire.TOPIC_DEVICE):
             await self.send(wire.TOPIC_DEVICE, wire.EVENT_FIRMWARE_VALIDATED, {})
 
@@ -420,7 +436,7 @@ class NervesHubLink:
             if self._stop_requested():
                 break
             delay = 0.0 if self._reconnect_now else self.backoff.next_delay(self._rand())
-            self._set_status(state=LinkState.WAITING, next_retry_in=delay)
+            self._set_status(state=LinkState.WAITING, next_retry_in=delay, last_retry_delay=delay)
             if delay > 0:
                 logger.info("%s: reconnecting in %.1f s", self.name, delay)
                 with contextlib.suppress(TimeoutError):
@@ -440,6 +456,7 @@ class NervesHubLink:
                 ssl=self._ssl_context,
                 extra_headers=headers,
                 open_timeout=self.config.connect_timeout,
+                close_timeout=_CLOSE_TIMEOUT,
                 max_message_size=self.config.max_message_size,
                 user_agent=self.config.user_agent,
             )
@@ -466,6 +483,7 @@ class NervesHubLink:
         )
         ws = await self._open_socket()
         self._ws = ws
+        self._reconnect_now = False  # a reconnect() asked for during the attempt is satisfied
         heartbeat: asyncio.Task[None] | None = None
         try:
             self._set_status(state=LinkState.CONNECTED, last_close_code=None)
@@ -488,7 +506,7 @@ class NervesHubLink:
             self.session.reset()
             if not ws.closed:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ws.close(), 5)
+                    await asyncio.wait_for(ws.close(), _CLOSE_TIMEOUT + 1)
             self._set_status(last_close_code=ws.close_code)
             await self._connection_lost()
             await call_callback("handle_disconnected", self.client.handle_disconnected)

@@ -84,9 +84,28 @@ def test_signer_refuses_unset_clock() -> None:
         signer.headers(86400.0)
 
 
-def test_signer_truncates_to_whole_seconds() -> None:
+def test_signer_signs_a_second_in_the_past_without_server_date() -> None:
+    # §3.2.5: absorbs sub-second skew; the server refuses even a fraction of a second ahead.
     signer = auth.SharedSecretSigner(KEY, SECRET, IDENTIFIER)
-    assert signer.headers(T + 0.999)["x-nh-time"] == str(T)
+    assert signer.headers(T + 0.999)["x-nh-time"] == str(T - 1)
+
+
+@pytest.mark.parametrize("skew", [0.05, 0.3, 0.7, 0.99, 5.0, -30.0])
+def test_signer_never_signs_in_the_servers_future(skew: float) -> None:
+    signer = auth.SharedSecretSigner(KEY, SECRET, IDENTIFIER)
+    for server_now in (T + 0.0, T + 0.25, T + 0.5, T + 0.999):
+        local = server_now + skew
+        # The server's Date is truncated to the second and observed a little later.
+        signer.observe_server_date({"date": _http_date(int(server_now))}, local + 0.02)
+        for later in (0.0, 0.4, 1.7, 30.0):
+            assert signer.signing_time(local + later) <= server_now + later
+            assert signer.signing_time(local + later) >= server_now + later - 90
+
+
+def _http_date(t: int) -> str:
+    import email.utils
+
+    return email.utils.formatdate(t, usegmt=True)
 
 
 def test_signer_recovers_slow_clock_from_date() -> None:
@@ -107,7 +126,7 @@ def test_signer_ignores_missing_or_bad_date() -> None:
     signer = auth.SharedSecretSigner(KEY, SECRET, IDENTIFIER)
     assert not signer.observe_server_date({}, T)
     assert not signer.observe_server_date({"date": "yesterday"}, T)
-    assert signer.signing_time(T) == T
+    assert signer.signing_time(T) == T - 1
 
 
 def test_secret_hidden_from_repr() -> None:

@@ -33,6 +33,9 @@ class CollectingSink:
         self.events.append(("restart",))
         self.buffer.clear()
 
+    def total_size(self, size: int) -> None:
+        self.events.append(("total_size", size))
+
     async def data(self, chunk: bytes) -> None:
         assert isinstance(chunk, bytes | bytearray | memoryview)
         self.buffer += chunk

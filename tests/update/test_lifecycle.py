@@ -106,3 +106,11 @@ def test_progress_throttle() -> None:
     assert t.due(25, now=2.0) is None  # not rising
     assert t.due(1000, now=2.1) == 100  # completion is never held back
     assert ProgressThrottle(total=None).due(10, 0) is None
+
+
+def test_progress_keepalive() -> None:
+    t = ProgressThrottle(total=10**9, interval=0.5, keepalive=300)
+    assert t.due(10**7, now=0.0) == 1
+    assert t.due(10**7 + 5, now=299.0) is None
+    assert t.due(10**7 + 5, now=300.0) == 1  # same percentage, repeated to keep the update alive
+    assert t.due(10**7 + 9, now=301.0) is None

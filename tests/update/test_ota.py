@@ -445,7 +445,10 @@ async def test_validation_after_update_and_reboot(
         assert record.join_params["meta"]["firmware_validated"] is False
         await link.confirm_update()
         await hub.wait_for_message(
-            "gw-ota", topic="device", event="firmware_validated", new_only=False
+            "gw-ota",
+            topic="device",
+            event="firmware_validated",
+            predicate=lambda m: m.connection == record.connections,  # this boot's message
         )
         assert writer.confirmed is True
     async with NervesHubLink(fwup_writer=writer, **options(hub, tmp_path, firmware_meta=NEW_META)):
@@ -507,3 +510,92 @@ async def test_process_killed_mid_download_resumes_from_state_file(
     assert target.read_bytes() == data
     last = fw.requests_for("fw.bin")[-1]
     assert last.range == f"bytes={3 * MiB}-"
+
+
+async def test_progress_without_size_uses_content_length(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path
+) -> None:
+    data = image(2 * MiB)
+    client = Recorder()
+    async with NervesHubLink(
+        client=client, fwup_writer=FileWriter(tmp_path / "f.img"), **options(hub, tmp_path)
+    ) as link:
+        await link.wait_joined(5)
+        await hub.push_update(
+            "gw-ota",
+            firmware_url=fw.add("fw.bin", data),
+            size=None,
+            checksum=hashlib.sha256(data).hexdigest(),
+            partials_checksums=None,
+            firmware_meta=dict(NEW_META),
+        )
+        await wait_status(hub, "completed")
+    downloading = [
+        m.payload["value"]
+        for m in hub.devices["gw-ota"].messages_for("device", "fwup_progress")
+        if m.payload["stage"] == "downloading"
+    ]
+    assert downloading and downloading[-1] == 100
+    assert client.progress[0] < 100
+
+
+async def test_no_update_starts_once_stopping(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path
+) -> None:
+    data = image(1000)
+    link = NervesHubLink(fwup_writer=FileWriter(tmp_path / "f.img"), **options(hub, tmp_path))
+    async with link:
+        await link.wait_joined(5)
+        await link.updates.stop()  # what stop() does first
+        await link.updates.on_update(
+            {
+                "update_available": True,
+                "firmware_url": fw.add("fw.bin", data),
+                "firmware_meta": NEW_META,
+                "size": len(data),
+                "checksum": hashlib.sha256(data).hexdigest(),
+            }
+        )
+        assert not link.updates.busy
+    assert fw.requests_for("fw.bin") == []
+
+
+async def test_abort_never_overlaps_a_running_chunk(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path
+) -> None:
+    import threading
+
+    calls: list[str] = []
+    in_chunk = threading.Event()
+    release = threading.Event()
+
+    class BlockingWriter(nhlink.FwupWriter):
+        def fwup_begin(self, size: int, firmware_meta: Mapping[str, Any], offset: int = 0) -> None:
+            calls.append("begin")
+
+        def fwup_chunk(self, data: bytes | memoryview) -> None:
+            if "chunk" not in calls:
+                calls.append("chunk")
+                in_chunk.set()
+                release.wait(10)  # slow flash
+                calls.append("chunk-end")
+
+        def fwup_finish(self) -> None:
+            calls.append("finish")
+
+        def fwup_abort(self) -> None:
+            calls.append("abort")
+
+    data = image(3 * MiB)
+    link = NervesHubLink(fwup_writer=BlockingWriter(), **options(hub, tmp_path))
+    await link.start()
+    await link.wait_joined(5)
+    await push(hub, fw.add("fw.bin", data), data)
+    assert await asyncio.to_thread(in_chunk.wait, 10)
+    stopping = asyncio.create_task(link.stop())
+    with pytest.raises(TimeoutError):  # stop() must wait for the chunk, not abort under it
+        await asyncio.wait_for(asyncio.shield(stopping), 0.3)
+    assert calls == ["begin", "chunk"]
+    release.set()
+    await asyncio.wait_for(stopping, 10)
+    assert calls == ["begin", "chunk", "chunk-end", "abort"]

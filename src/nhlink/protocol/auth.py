@@ -116,17 +116,15 @@ def parse_http_date(value: str | None) -> int | None:
 class SharedSecretSigner:
     """Signs connection attempts and recovers from a slow clock with the server's ``Date``.
 
-    Holds no secret in its ``repr``. Usage per attempt: ``headers = signer.headers(now)``; after a
-    rejected upgrade call ``signer.observe_server_date(response_headers)`` so the next attempt signs
-    with ``max(local clock, server date)`` (NHL's recovery, PROTOCOL.md §3.2.5). A fast clock is
-    recovered too: the server date is used when the local clock is ahead of it by more than
-    ``fast_clock_tolerance`` seconds, since the server refuses any future-dated token.
+    Holds no secret in its ``repr``. Usage per attempt: ``headers = signer.headers(now)``; after
+    every upgrade response (101 or refused) call ``signer.observe_server_date(headers, now)``:
+    from then on it signs with the server's clock, which recovers a slow clock (NHL's trick,
+    PROTOCOL.md §3.2.5) and a fast one (the server refuses future-dated tokens).
     """
 
     key: str
     secret: str
     identifier: str
-    fast_clock_tolerance: float = 1.0
     _server_offset: float | None = None
 
     def __post_init__(self) -> None:
@@ -147,21 +145,21 @@ class SharedSecretSigner:
         )
 
     def signing_time(self, now: float) -> int:
-        """The Unix second to sign with at local time ``now``; raises ClockNotSet if unset."""
-        if now < CLOCK_VALID_AFTER and self._server_offset is None:
+        """The Unix second to sign with at local time ``now``; raises ClockNotSet if unset.
+
+        The server refuses any token from its future, even by a fraction of a second
+        (§3.2.4), and accepts 90 s of the past. So: once a server ``Date`` is known, sign with
+        the server's time (it never runs ahead: ``Date`` is truncated and arrives late); before
+        that, sign one second in the past to absorb sub-second skew (§3.2.5).
+        """
+        if self._server_offset is not None:
+            return int(now + self._server_offset)
+        if now < CLOCK_VALID_AFTER:
             raise ClockNotSet(
                 f"system clock reads {int(now)} (before 2001-09-09); refusing to sign "
                 "shared-secret headers until it is set (NTP/SNTP)"
             )
-        t = now
-        if self._server_offset is not None:
-            server_now = now + self._server_offset
-            # Slow clock: sign with the server's time. Fast clock: the server rejects any token from
-            # its future, so its time is the upper bound.
-            if server_now > t or t - server_now > self.fast_clock_tolerance:
-                t = server_now
-        # Whole seconds, rounded down: never in the server's future because of a fraction.
-        return int(t)
+        return int(now) - 1
 
     def headers(self, now: float) -> dict[str, str]:
         """Fresh ``x-nh-*`` headers for a connection attempt at local time ``now``."""

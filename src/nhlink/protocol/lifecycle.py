@@ -144,11 +144,17 @@ def normalize_decision(value: Any) -> Apply | Ignore | Reschedule:
 
 
 class ProgressThrottle:
-    """Progress reports at most every ``interval`` seconds and only when the percentage rises."""
+    """Progress reports at most every ``interval`` seconds and only when the percentage rises —
+    except that the current percentage is repeated every ``keepalive`` seconds, since the server
+    expires an in-flight update after 30 minutes without progress (§7.4) and 1 % of a large
+    image on a slow link can take longer than that."""
 
-    def __init__(self, total: int | None, interval: float = 0.5) -> None:
+    def __init__(
+        self, total: int | None, interval: float = 0.5, keepalive: float | None = 300.0
+    ) -> None:
         self.total = total
         self.interval = interval
+        self.keepalive = keepalive
         self.last_percent = -1
         self.last_time: float | None = None
 
@@ -160,9 +166,13 @@ class ProgressThrottle:
     def due(self, done: int, now: float) -> int | None:
         """The percentage to report now, or None if no report is due."""
         pct = self.percent(done)
-        if pct is None or pct <= self.last_percent:
+        if pct is None:
             return None
-        if self.last_time is not None and now - self.last_time < self.interval and pct < 100:
+        last = self.last_time
+        if pct <= self.last_percent:
+            if self.keepalive is None or last is None or now - last < self.keepalive:
+                return None
+        elif last is not None and now - last < self.interval and pct < 100:
             return None
         self.last_percent = pct
         self.last_time = now

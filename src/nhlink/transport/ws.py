@@ -424,6 +424,9 @@ class WebSocket:
             except TimeoutError:
                 self._abort()
                 await self._closed
+            except BaseException:
+                self._abort()  # cancelled while waiting: never leave the socket open
+                raise
 
     async def wait_closed(self) -> None:
         """Wait until the TCP connection is closed."""

@@ -82,6 +82,10 @@ class DownloadSink(Protocol):
         """The next bytes, in order. The sink may take its time: the next chunk is not read
         from the network until this returns (that is the backpressure)."""
 
+    def total_size(self, size: int) -> None:
+        """The file's size as the server reported it (``Content-Length``/``Content-Range``),
+        called once when learned; useful when ``expected_size`` was None (progress)."""
+
 
 @dataclass(frozen=True)
 class DownloadOptions:
@@ -529,6 +533,7 @@ class _Download:
         """Adopt the first size a server reports; refuse one that contradicts it."""
         if self.total is None:
             self.total = size
+            self.sink.total_size(size)
         elif size != self.total:
             raise PermanentDownloadError(
                 f"firmware download from {self.display}: the server reports a {size}-byte "

@@ -38,6 +38,7 @@ from ..protocol.lifecycle import (
     normalize_decision,
 )
 from .download import DownloadOptions, download
+from .state import run_in_thread
 
 if TYPE_CHECKING:
     from ..link import NervesHubLink
@@ -53,11 +54,15 @@ CALLBACK_FAILURE_RESCHEDULE_MS = 5 * 60 * 1000
 
 async def call_writer(name: str, method: Callable[..., Any], *args: Any) -> Any:
     """Run a writer method: ``async def`` on the loop, plain ones in a worker thread (slow flash
-    must never stall heartbeats). Exceptions become :class:`WriterError` naming the method."""
+    must never stall heartbeats). Exceptions become :class:`WriterError` naming the method.
+
+    Cancelled while a plain method runs, it waits for the thread first: the abort that follows
+    must never overlap a chunk or finish still in progress.
+    """
     try:
         if inspect.iscoroutinefunction(method):
             return await method(*args)
-        return await asyncio.to_thread(method, *args)
+        return await run_in_thread(method, *args)
     except asyncio.CancelledError:
         raise
     except UpdateError:
@@ -91,6 +96,11 @@ class _Pipeline:
         self.attempts += 1
         await self.manager.report(wire.STATUS_STARTED, downloader_network_interface=None)
 
+    def total_size(self, size: int) -> None:
+        # update.size was null: progress needs the size the server reported.
+        if self.throttle.total is None:
+            self.throttle.total = size
+
     async def restart(self) -> None:
         # The server ignored Range: everything so far is discarded and the image starts over.
         logger.info("%s: firmware server ignored Range; restarting from 0", self.manager.name)
@@ -102,8 +112,9 @@ class _Pipeline:
         self.digest = _core.StreamingDigest(
             part_checksums=list(self.info.partials_checksums) or None
         )
-        self.throttle = ProgressThrottle(self.info.size)
+        self.throttle = ProgressThrottle(self.info.size or self.throttle.total)
         self.saved_offset = 0
+        await self.manager.save_resume_point(self.info, 0)  # the partial image starts over too
 
     async def data(self, chunk: bytes) -> None:
         if not self.reported_downloading:
@@ -164,6 +175,7 @@ class UpdateManager:
         self.last_error: BaseException | None = None
         self.completed: list[UpdateInfo] = []
         self._client_percent = -1
+        self._stopping = False
 
     @property
     def busy(self) -> bool:
@@ -197,13 +209,13 @@ class UpdateManager:
             "size": info.size,
             "verified_offset": verified_offset,
         }
-        await asyncio.to_thread(store.save)
+        await store.asave()
 
     async def _clear_resume_point(self) -> None:
         store = self.link.store
         if store.state.download is not None:
             store.state.download = None
-            await asyncio.to_thread(store.save)
+            await store.asave()
 
     # -- entry points from the link --------------------------------------------------------------
 
@@ -218,6 +230,9 @@ class UpdateManager:
         if info is None:
             logger.info("%s: server says no update is available", self.name)
             return
+        if self._stopping:
+            logger.info("%s: ignoring update %s: stopping", self.name, info.uuid)
+            return
         if self.busy:
             logger.info(
                 "%s: ignoring update %s: an update is already in progress", self.name, info.uuid
@@ -229,9 +244,14 @@ class UpdateManager:
     async def connection_lost(self) -> None:
         """The socket dropped: a running download carries on (it does not need the socket)."""
 
+    def start(self) -> None:
+        """Accept updates (again): called when the link starts."""
+        self._stopping = False
+
     async def stop(self) -> None:
         """Cancel a rescheduled ask and an update in progress (aborting the writer, reporting
-        ``failed`` if the socket is still up)."""
+        ``failed`` if the socket is still up). No update starts afterwards until :meth:`start`."""
+        self._stopping = True
         self._cancel_reschedule()
         task = self._task
         if task is not None and not task.done():
@@ -250,7 +270,7 @@ class UpdateManager:
 
         def fire() -> None:
             self._reschedule = None
-            if not self.busy:
+            if not self.busy and not self._stopping:
                 self._task = loop.create_task(self._run(info), name=f"nhlink:{self.name}:update")
 
         self._reschedule = loop.call_later(ms / 1000, fire)

@@ -6,17 +6,42 @@ directory) so a power cut leaves either the old or the new state, never a torn f
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["DeviceState", "StateStore"]
+__all__ = ["DeviceState", "StateStore", "run_in_thread"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
+
+
+async def run_in_thread(fn: Callable[..., T], *args: object) -> T:
+    """Run ``fn(*args)`` in a worker thread; if the caller is cancelled, still wait for the
+    thread to finish before propagating the cancellation.
+
+    A thread cannot be interrupted: returning early would let the next step (an abort, another
+    save) overlap work that is still running, e.g. a writer activating an image after the
+    update was reported ``failed``.
+    """
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(None, functools.partial(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        raise
 
 
 @dataclass
@@ -38,6 +63,7 @@ class StateStore:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.state = self._load()
+        self._lock: asyncio.Lock | None = None
 
     def _load(self) -> DeviceState:
         if self.path is None or not self.path.exists():
@@ -54,10 +80,26 @@ class StateStore:
             return DeviceState()
 
     def save(self) -> None:
+        """Write the state now (blocking). From async code use :meth:`asave`."""
+        if self.path is not None:
+            self._write(self._snapshot())
+
+    async def asave(self) -> None:
+        """Write the state in a worker thread. Saves are serialized and each writes the state
+        as it was when called, so an older snapshot never lands after a newer one."""
         if self.path is None:
             return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            await run_in_thread(self._write, self._snapshot())
+
+    def _snapshot(self) -> bytes:
+        return json.dumps(asdict(self.state), indent=1, sort_keys=True).encode()
+
+    def _write(self, data: bytes) -> None:
+        assert self.path is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(asdict(self.state), indent=1, sort_keys=True).encode()
         fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.path.parent)
         try:
             with os.fdopen(fd, "wb") as f:

@@ -492,3 +492,16 @@ async def test_reconnect_during_connect_does_not_skip_later_backoff(hub: FakeHub
         assert status.next_retry_in == pytest.approx(0.2)  # not 0: the flag was consumed
     finally:
         await link.stop()
+
+
+async def test_secret_never_logged_while_connecting(
+    hub: FakeHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    bad = NervesHubLink(**link_options(hub, "gw-bad", product_secret="wrong-" + SECRET[6:]))
+    async with bad, NervesHubLink(**link_options(hub)) as good:
+        await good.wait_joined(5)
+        await hub.wait_for_attempts("gw-bad", 2, status=401)
+    text = caplog.text + repr(good.status) + repr(bad.status)
+    assert "gw-bad" in text or "401" in text  # the attempts were logged...
+    assert SECRET not in text and SECRET[6:] not in text  # ...without the secrets

@@ -72,30 +72,39 @@ async def _nhlink(core_name: str, url: str, size: int, digest: str) -> int:
 
     from nhlink.update.download import download
 
+    from nhlink.update.stage import WriteStage
+    from nhlink.update.writer import FwupWriter
+
     core = importlib.import_module(f"nhlink._core.{core_name}")
     writer = NullWriter()
 
-    class Sink:
+    class NullFwupWriter(FwupWriter):  # what the update manager drives
+        def fwup_chunk(self, data: bytes | memoryview) -> None:
+            writer.write(data)
+
+    class Sink:  # the update manager's download sink, minus status reports
         def __init__(self) -> None:
-            self.digest = core.StreamingDigest()
+            self.stage = WriteStage(NullFwupWriter(), core.StreamingDigest())
 
         async def attempt(self, number: int, offset: int) -> None:
             pass
 
         async def restart(self) -> None:
-            self.digest.reset()
+            await self.stage.drain()
+            self.stage.replace_digest(core.StreamingDigest())
 
         def total_size(self, size: int) -> None:
             pass
 
         async def data(self, chunk: bytes) -> None:
-            for block in self.digest.feed(chunk):
-                writer.write(block)
+            await self.stage.feed(chunk)
 
     sink = Sink()
     total = await download(url, sink=sink, expected_size=size)
-    writer.write(sink.digest.flush())
-    sink.digest.verify(digest)
+    await sink.stage.drain()
+    sink.stage.close()
+    writer.write(sink.stage.digest.flush())
+    sink.stage.digest.verify(digest)
     assert total == size == writer.written
     return total
 

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import _core
@@ -38,6 +38,7 @@ from ..protocol.lifecycle import (
     normalize_decision,
 )
 from .download import DownloadOptions, download
+from .stage import WriteStage
 from .state import run_in_thread
 
 if TYPE_CHECKING:
@@ -71,26 +72,50 @@ async def call_writer(name: str, method: Callable[..., Any], *args: Any) -> Any:
         raise WriterError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _write_blocks(writer: FwupWriter, blocks: Sequence[bytes | memoryview]) -> None:
-    for block in blocks:
-        writer.fwup_chunk(block)
-
-
 class _Pipeline:
-    """The download sink: hashes, hands blocks to the writer, reports progress."""
+    """The download sink: hashes, hands blocks to the writer (through a :class:`WriteStage`
+    that overlaps both with the network), reports progress and resume points."""
 
     def __init__(self, manager: UpdateManager, info: UpdateInfo, writer: FwupWriter, offset: int):
         self.manager = manager
         self.info = info
         self.writer = writer
         self.offset = offset
-        self.digest = _core.StreamingDigest(
-            part_checksums=list(info.partials_checksums) or None, offset=offset
-        )
+        self.stage = WriteStage(writer, self._digest(offset), on_progress=self._note)
         self.throttle = ProgressThrottle(info.size)
         self.attempts = 0
         self.saved_offset = offset
         self.reported_downloading = False
+        # Progress is reported as the write stage completes chunks, by its own task (sending a
+        # status or saving the resume point must not wait for the next chunk to arrive).
+        self._latest: tuple[int, int] | None = None
+        self._progressed = asyncio.Event()
+        self._reporter = asyncio.create_task(self._report_progress())
+
+    def _note(self, progress: tuple[int, int]) -> None:
+        self._latest = progress
+        self._progressed.set()
+
+    async def _report_progress(self) -> None:
+        while True:
+            await self._progressed.wait()
+            self._progressed.clear()
+            if self._latest is not None:
+                await self._advance(*self._latest)
+
+    async def _stop_reporter(self) -> None:
+        self._reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reporter
+
+    def _digest(self, offset: int) -> _core.StreamingDigest:
+        return _core.StreamingDigest(
+            part_checksums=list(self.info.partials_checksums) or None, offset=offset
+        )
+
+    @property
+    def digest(self) -> _core.StreamingDigest:
+        return self.stage.digest
 
     async def attempt(self, number: int, offset: int) -> None:
         self.attempts += 1
@@ -104,14 +129,14 @@ class _Pipeline:
     async def restart(self) -> None:
         # The server ignored Range: everything so far is discarded and the image starts over.
         logger.info("%s: firmware server ignored Range; restarting from 0", self.manager.name)
+        await self.stage.drain()
         await call_writer("fwup_abort", self.writer.fwup_abort)
         await call_writer(
             "fwup_begin", self.writer.fwup_begin, self.info.size or 0, self.info.firmware_meta, 0
         )
         self.offset = 0
-        self.digest = _core.StreamingDigest(
-            part_checksums=list(self.info.partials_checksums) or None
-        )
+        self._latest = None
+        self.stage.replace_digest(self._digest(0))
         self.throttle = ProgressThrottle(self.info.size or self.throttle.total)
         self.saved_offset = 0
         await self.manager.save_resume_point(self.info, 0)  # the partial image starts over too
@@ -120,34 +145,26 @@ class _Pipeline:
         if not self.reported_downloading:
             self.reported_downloading = True
             await self.manager.report(wire.STATUS_DOWNLOADING)
-        blocks = self.digest.feed(chunk)  # raises ChecksumMismatch on a bad 1 MiB part
-        if blocks:
-            await self._write(blocks)
-        await self.progress()
-        verified = self.digest.verified_offset
+        await self.stage.feed(chunk)  # raises a bad part or a writer error
+
+    async def _advance(self, done: int, verified: int) -> None:
+        now = asyncio.get_running_loop().time()
+        pct = self.throttle.due(done, now)
+        if pct is not None:
+            await self.manager.progress(wire.PROGRESS_STAGE_DOWNLOADING, pct)
         if verified > self.saved_offset:
-            # A verified part: a restarted process can resume from here (§11.3).
+            # A verified part, written: a restarted process can resume from here (§11.3).
             self.saved_offset = verified
             await self.manager.save_resume_point(self.info, verified)
 
-    async def _write(self, blocks: Sequence[bytes | memoryview]) -> None:
-        if inspect.iscoroutinefunction(self.writer.fwup_chunk):
-            for block in blocks:
-                await call_writer("fwup_chunk", self.writer.fwup_chunk, block)
-        else:
-            await call_writer("fwup_chunk", _write_blocks, self.writer, blocks)
-
-    async def progress(self) -> None:
-        now = asyncio.get_running_loop().time()
-        pct = self.throttle.due(self.digest.total, now)
-        if pct is not None:
-            await self.manager.progress(wire.PROGRESS_STAGE_DOWNLOADING, pct)
-
     async def finish(self) -> None:
         """End of stream: last block, verification (whole file and/or every part, and size)."""
+        await self.stage.drain()
+        await self._stop_reporter()
+        self.stage.close()
         last = self.digest.flush()
         if last:
-            await self._write([last])
+            await call_writer("fwup_chunk", self.writer.fwup_chunk, last)
         info = self.info
         total = self.digest.total
         if info.size is not None and total != info.size:
@@ -159,7 +176,13 @@ class _Pipeline:
                 self.offset // (1024 * 1024)
             ) != len(info.partials_checksums):
                 raise ChecksumMismatch(info.checksum, "unknown", "resumed image (parts unverified)")
-        await self.progress()
+        await self._advance(total, self.digest.verified_offset)
+
+    async def settle(self) -> None:
+        """No chunk in progress any more (before the writer is aborted)."""
+        await self.stage.settle()
+        await self._stop_reporter()
+        self.stage.close()
 
 
 class UpdateManager:
@@ -342,6 +365,7 @@ class UpdateManager:
 
         writer = self.link.writer
         began = False
+        pipeline: _Pipeline | None = None
         try:
             if writer is None:
                 raise WriterError("no fwup_writer configured on this device")
@@ -376,9 +400,13 @@ class UpdateManager:
             self.completed.append(info)
             logger.info("%s: firmware %s installed", self.name, info.uuid)
         except asyncio.CancelledError:
+            if pipeline is not None:
+                await pipeline.settle()
             await self._fail(writer if began else None, UpdateError("update cancelled (stopping)"))
             raise
         except Exception as exc:
+            if pipeline is not None:
+                await pipeline.settle()
             error = exc if isinstance(exc, UpdateError) else UpdateError(f"{exc}")
             await self._fail(writer if began else None, error)
             await call_callback("fwup_error", self.link.client.fwup_error, error)

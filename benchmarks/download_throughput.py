@@ -71,7 +71,6 @@ async def _nhlink(core_name: str, url: str, size: int, digest: str) -> int:
     import importlib
 
     from nhlink.update.download import download
-
     from nhlink.update.stage import WriteStage
     from nhlink.update.writer import FwupWriter
 

@@ -3,7 +3,9 @@
 #
 # 1. Creates .venv (if missing) and installs nhlink from this checkout with its test and lint
 #    tools; the Cython extensions are REQUIRED here (a failed compile is an error).
-# 2. Prepares the Autobahn|Testsuite (Python 2.7 environment, cached outside the work tree).
+# 2. Installs the real A/B updaters (RAUC, SWUpdate) from Debian's packages when run as root
+#    (their tests skip with a reason otherwise) and prepares the Autobahn|Testsuite (a Python 2.7
+#    environment, cached outside the work tree).
 # 3. ruff + mypy --strict, then the whole suite twice: compiled core, then NHLINK_NO_EXTENSIONS=1.
 #
 # Environment: PYTHON (interpreter for the venv, default python3), NHLINK_AUTOBAHN=0 to skip the
@@ -18,6 +20,8 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 NHLINK_REQUIRE_EXTENSIONS=1 .venv/bin/python -m pip install -q -e ".[test,lint]"
 .venv/bin/python -c 'import nhlink._core as c; assert c.IMPLEMENTATION == "cython", c.IMPLEMENTATION; print("core:", c.IMPLEMENTATION)'
+
+bash scripts/updaters/install-debian.sh
 
 export NHLINK_AUTOBAHN=${NHLINK_AUTOBAHN:-1}
 if [ "$NHLINK_AUTOBAHN" = "1" ]; then

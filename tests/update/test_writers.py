@@ -92,6 +92,7 @@ async def test_command_writer_early_close_is_clean_failure() -> None:
     script = "import sys; sys.stdin.buffer.read(10); sys.stderr.write('rejected'); sys.exit(1)"
     w = CommandWriter([sys.executable, "-c", script])
     await w.fwup_begin(0, {})
+
     async def feed_all() -> None:
         for _ in range(200):
             await w.fwup_chunk(b"x" * 65536)

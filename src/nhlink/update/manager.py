@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .. import _core
@@ -151,7 +151,13 @@ class _Pipeline:
         now = asyncio.get_running_loop().time()
         pct = self.throttle.due(done, now)
         if pct is not None:
-            await self.manager.progress(wire.PROGRESS_STAGE_DOWNLOADING, pct)
+            # §7.3: a writer that installs while the image streams in reports "updating" only.
+            stage = (
+                wire.PROGRESS_STAGE_UPDATING
+                if self.writer.streams_install
+                else wire.PROGRESS_STAGE_DOWNLOADING
+            )
+            await self.manager.progress(stage, pct)
         if verified > self.saved_offset:
             # A verified part, written: a restarted process can resume from here (§11.3).
             self.saved_offset = verified
@@ -199,6 +205,7 @@ class UpdateManager:
         self.completed: list[UpdateInfo] = []
         self._client_percent = -1
         self._stopping = False
+        self._side_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def busy(self) -> bool:
@@ -282,6 +289,11 @@ class UpdateManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._task = None
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     def _cancel_reschedule(self) -> None:
         if self._reschedule is not None:
@@ -393,7 +405,19 @@ class UpdateManager:
             )
             await pipeline.finish()
             await self.report(wire.STATUS_UPDATING)
-            await call_writer("fwup_finish", writer.fwup_finish)
+            install_progress = ProgressThrottle(100)
+            loop = asyncio.get_running_loop()
+
+            def report_install(percent: int) -> None:  # called on the loop by the writer
+                pct = install_progress.due(percent, loop.time())
+                if pct is not None and pct < 100:
+                    self._spawn(self.progress(wire.PROGRESS_STAGE_UPDATING, pct))
+
+            writer.set_progress_reporter(report_install)
+            try:
+                await call_writer("fwup_finish", writer.fwup_finish)
+            finally:
+                writer.set_progress_reporter(None)
             await self.progress(wire.PROGRESS_STAGE_UPDATING, 100)
             await self._clear_resume_point()
             await self.report(wire.STATUS_COMPLETED)

@@ -8,7 +8,7 @@ exception's text, and keeps the connection running.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = ["FwupWriter"]
@@ -24,6 +24,13 @@ class FwupWriter:
     #: True if the writer can continue an interrupted image at a byte offset
     #: (``fwup_begin(..., offset=N)`` then chunks from N). Otherwise downloads restart at 0.
     supports_resume: bool = False
+    #: True if the image is installed while it streams in (SWUpdate, fwup on stdin): progress
+    #: is then reported to the server as ``updating`` only (PROTOCOL.md §7.3).
+    streams_install: bool = False
+
+    def set_progress_reporter(self, report: Callable[[int], None] | None) -> None:
+        """nhlink passes a function to call (on the event loop) with the install progress,
+        0–100, for writers that know it (RAUC after the download); None to stop."""
 
     def fwup_begin(self, size: int, firmware_meta: Mapping[str, Any], offset: int = 0) -> Any:
         """Prepare to receive ``size`` bytes (0 if unknown), starting at byte ``offset``."""

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs the real A/B updaters the RAUC/SWUpdate writer tests drive (tests/updaters), from
+# Debian's packages. Idempotent: does nothing when everything is already installed.
+#
+# Exits 0 without doing anything (and says why) when not root or when apt-get is missing: the
+# tests then skip with a reason instead of failing.
+#
+#   rauc, swupdate   the updaters (rauc 1.8 / swupdate 2022.12 on bookworm)
+#   squashfs-tools   rauc bundle creation (mksquashfs) and install (unsquashfs not needed)
+#   dbus             private D-Bus for the RAUC service (dbus-daemon)
+#   cpio             building .swu archives
+#   openssl          test CA, signing
+#   e2fsprogs        ext4 slot images (mkfs.ext4)
+#   util-linux       losetup/mount (normally already there)
+set -euo pipefail
+
+PACKAGES=(rauc swupdate squashfs-tools dbus cpio openssl e2fsprogs util-linux)
+
+if [ "$(id -u)" != "0" ]; then
+    echo "install-debian.sh: not root; not installing ${PACKAGES[*]} (updater tests will skip)"
+    exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-query >/dev/null 2>&1; then
+    echo "install-debian.sh: no apt-get/dpkg; not installing ${PACKAGES[*]} (updater tests will skip)"
+    exit 0
+fi
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    if [ "$status" != "installed" ]; then
+        missing+=("$pkg")
+    fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "install-debian.sh: already installed: ${PACKAGES[*]}"
+    exit 0
+fi
+
+echo "install-debian.sh: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# Never start the packages' services (swupdate, systemd units) on install: the tests start their
+# own private daemons. A policy-rc.d of our own is only added if none exists, and removed after.
+policy=/usr/sbin/policy-rc.d
+added_policy=0
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    added_policy=1
+fi
+cleanup() { if [ "$added_policy" = 1 ]; then rm -f "$policy"; fi; }
+trap cleanup EXIT
+
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"
+echo "install-debian.sh: done"

@@ -121,7 +121,7 @@ cdef inline const unsigned char *_key_ptr(
     return <const unsigned char *>view.buf
 
 
-def apply_mask(object data, object key, Py_ssize_t offset=0):
+def apply_mask(object data, object key, long long offset=0):
     """Return ``data`` masked with ``key`` as new ``bytes``: byte i is XORed with
     ``key[(offset + i) % 4]`` (RFC 6455 §5.3). Masking is its own inverse, so this also unmasks.
 
@@ -170,7 +170,7 @@ def apply_mask(object data, object key, Py_ssize_t offset=0):
 cdef tuple _OFFSETS = (0, 1, 2, 3)
 
 
-def mask_inplace(object buf, object key, Py_ssize_t offset=0):
+def mask_inplace(object buf, object key, long long offset=0):
     """Mask the writable buffer ``buf`` (a ``bytearray`` or writable ``memoryview``) in place:
     byte i is XORed with ``key[(offset + i) % 4]`` (RFC 6455 §5.3).
 

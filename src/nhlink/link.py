@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from . import instances
+from .callbacks import call_callback
 from .client import Client, DefaultClient
 from .config import LinkConfig
 from .errors import (
@@ -81,22 +82,6 @@ class LinkStatus:
 async def _close_soon(ws: WebSocket, reason: str, timeout: float = 1.0) -> None:
     with contextlib.suppress(TimeoutError, NHLinkError, OSError):
         await asyncio.wait_for(ws.close(1000, reason), timeout)  # aborts TCP when cancelled
-
-
-async def call_callback(name: str, fn: Callable[..., Any] | None, *args: Any) -> Any:
-    """Call a user callback, plain or async; log and swallow its exceptions."""
-    if fn is None:
-        return None
-    try:
-        result = fn(*args)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        logger.exception("callback %s raised; ignored", name)
-        return None
 
 
 class NervesHubLink:

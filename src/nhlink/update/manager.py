@@ -20,6 +20,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .. import _core
+from ..callbacks import call_callback
 from ..errors import (
     ChecksumMismatch,
     DecodeError,
@@ -221,8 +222,6 @@ class UpdateManager:
         await self._send(wire.EVENT_FWUP_PROGRESS, {"stage": stage, "value": percent})
         if percent > self._client_percent:  # the application sees one rising 0–100 sequence
             self._client_percent = percent
-            from ..link import call_callback
-
             await call_callback("fwup_progress", self.link.client.fwup_progress, percent)
 
     async def _send(self, event: str, payload: dict[str, Any]) -> None:
@@ -313,8 +312,6 @@ class UpdateManager:
     # -- the pipeline ----------------------------------------------------------------------------
 
     async def _run(self, info: UpdateInfo) -> None:
-        from ..link import call_callback
-
         self.current = info
         self._client_percent = -1
         try:
@@ -373,8 +370,6 @@ class UpdateManager:
         return offset
 
     async def _apply(self, info: UpdateInfo) -> None:
-        from ..link import call_callback
-
         writer = self.link.writer
         began = False
         pipeline: _Pipeline | None = None

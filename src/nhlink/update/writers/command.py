@@ -11,12 +11,11 @@ from typing import Any
 
 from ...errors import WriterError
 from ..writer import FwupWriter
+from . import _proc
 
 __all__ = ["CommandWriter"]
 
 logger = logging.getLogger(__name__)
-
-_STDERR_TAIL = 4096
 
 
 class CommandWriter(FwupWriter):
@@ -73,11 +72,10 @@ class CommandWriter(FwupWriter):
         assert proc.stderr is not None
         while chunk := await proc.stderr.read(4096):
             self._stderr += chunk
-            del self._stderr[:-_STDERR_TAIL]
+            del self._stderr[: -_proc.OUTPUT_TAIL]
 
     def _tail(self) -> str:
-        text = bytes(self._stderr).decode("utf-8", "replace").strip()
-        return text[-500:] if text else "(no stderr output)"
+        return _proc.tail_text(self._stderr)
 
     async def _failed(self, what: str) -> WriterError:
         proc = self._proc
@@ -129,9 +127,6 @@ class CommandWriter(FwupWriter):
         self._proc = None
         if proc is None:
             return
-        if proc.returncode is None:
-            proc.kill()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(proc.wait(), 10)
+        await _proc.kill_and_reap(proc)
         if self._stderr_task is not None:
             self._stderr_task.cancel()

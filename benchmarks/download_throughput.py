@@ -4,8 +4,10 @@ Each row downloads the same 256 MiB image from one :class:`~nhlink.testing.firmw
 (its own process, serving with ``sendfile``), SHA-256-verifies it and writes it to a null writer:
 
 * ``nhlink-cython`` / ``nhlink-python``: :func:`nhlink.update.download.download` into a sink
-  that does what the update manager does: ``StreamingDigest.feed`` (compiled / pure core), each
-  64 KiB block to the writer, then ``flush`` and ``verify``;
+  that does what the update manager does: ``StreamingDigest.feed`` (compiled / pure core, with
+  the whole-file checksum, so the verification gate holds the last block back), each released
+  64 KiB block to the writer through the write stage, then ``flush`` (verifies, releases the
+  rest);
 * ``aiohttp``: ``session.get`` + ``iter_any()`` + ``hashlib.sha256().update`` + writer, per chunk;
 * ``raw-socket`` (the baseline): an HTTP/1.1 GET on a blocking socket, ``recv_into`` one
   preallocated 1 MiB buffer, ``hashlib`` + writer on each read.
@@ -70,7 +72,7 @@ async def _serve(path: str, port_file: str) -> None:
 async def _nhlink(core_name: str, url: str, size: int, digest: str) -> int:
     import importlib
 
-    from nhlink.update.download import download
+    from nhlink.update.download import DownloadOptions, download
     from nhlink.update.stage import WriteStage
     from nhlink.update.writer import FwupWriter
 
@@ -83,14 +85,14 @@ async def _nhlink(core_name: str, url: str, size: int, digest: str) -> int:
 
     class Sink:  # the update manager's download sink, minus status reports
         def __init__(self) -> None:
-            self.stage = WriteStage(NullFwupWriter(), core.StreamingDigest())
+            self.stage = WriteStage(NullFwupWriter(), core.StreamingDigest(checksum=digest))
 
         async def attempt(self, number: int, offset: int) -> None:
             pass
 
         async def restart(self) -> None:
             await self.stage.drain()
-            self.stage.replace_digest(core.StreamingDigest())
+            self.stage.replace_digest(core.StreamingDigest(checksum=digest))
 
         def total_size(self, size: int) -> None:
             pass
@@ -99,11 +101,11 @@ async def _nhlink(core_name: str, url: str, size: int, digest: str) -> int:
             await self.stage.feed(chunk)
 
     sink = Sink()
-    total = await download(url, sink=sink, expected_size=size)
+    options = DownloadOptions(allow_http=True)  # the loopback server speaks plain http
+    total = await download(url, sink=sink, expected_size=size, options=options)
     await sink.stage.drain()
+    await sink.stage.write_final(sink.stage.digest.flush())  # verifies, then the held tail
     sink.stage.close()
-    writer.write(sink.stage.digest.flush())
-    sink.stage.digest.verify(digest)
     assert total == size == writer.written
     return total
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import AsyncIterator
 from types import ModuleType
 
 import pytest
 
 from nhlink._core import extensions_disabled
+from nhlink.testing import FakeHub
+from nhlink.testing.firmware import FirmwareServer
+from tests.support import new_hub
 
 
 def _require_extensions() -> bool:
@@ -47,3 +51,17 @@ def c_core() -> ModuleType:
     if extensions_disabled():
         pytest.skip("NHLINK_NO_EXTENSIONS=1: compiled core not in use")
     return load_core("cython")
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[FakeHub]:
+    """A FakeHub on 127.0.0.1 that knows the tests' product key (``tests.support``)."""
+    async with new_hub() as h:
+        yield h
+
+
+@pytest.fixture
+async def fw() -> AsyncIterator[FirmwareServer]:
+    """A plain-http FirmwareServer on 127.0.0.1."""
+    async with FirmwareServer() as server:
+        yield server

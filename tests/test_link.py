@@ -9,7 +9,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,60 +19,11 @@ import nhlink
 from nhlink import ConfigError, LinkState, NervesHubLink
 from nhlink.testing import FakeHub
 from nhlink.testing.certs import PKI, create_pki
-
-KEY = "nhp_testproductkey0000000000000000000000000000"
-SECRET = "product-secret-for-tests-0123456789abcdefghij"
-META = {
-    "uuid": "a1b2c3d4-e5f6-7890-abcd-ef1234567890",
-    "product": "gw",
-    "architecture": "x86_64",
-    "platform": "test",
-    "version": "1.0.0",
-}
-FAST = {"heartbeat_interval": 30.0, "backoff_initial": 0.05, "backoff_max": 0.4}
+from tests.support import FAST_LINK, KEY, META, SECRET, Recorder, device_options
 
 
 def link_options(hub: FakeHub, identifier: str = "gw-0001", **extra: Any) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": hub.port,
-        "ssl": False,
-        "product_key": KEY,
-        "product_secret": SECRET,
-        "identifier": identifier,
-        "firmware_meta": META,
-        "name": identifier,
-        **FAST,
-    }
-    options.update(extra)
-    return options
-
-
-@pytest.fixture
-async def hub() -> AsyncIterator[FakeHub]:
-    async with FakeHub(shared_secrets={KEY: SECRET}) as h:
-        yield h
-
-
-class Recorder(nhlink.Client):
-    def __init__(self) -> None:
-        self.events: list[str] = []
-        self.rebooted = asyncio.Event()
-        self.identified = asyncio.Event()
-
-    def reboot(self) -> None:
-        self.events.append("reboot")
-        self.rebooted.set()
-
-    async def identify(self) -> None:
-        self.events.append("identify")
-        self.identified.set()
-
-    def handle_connected(self) -> None:
-        self.events.append("connected")
-
-    def handle_disconnected(self) -> None:
-        self.events.append("disconnected")
+    return device_options(hub, identifier, **extra)
 
 
 async def test_shared_secret_connect_and_join_params(hub: FakeHub) -> None:
@@ -125,7 +76,7 @@ async def test_mtls_connect(tmp_path: Path) -> None:
             "ca_file": pki.ca.cert,
             "firmware_meta": META,
             "name": "mtls",
-            **FAST,
+            **FAST_LINK,
         }
         async with NervesHubLink(**options) as link:
             assert link.config.identity == "gw-cert-7"
@@ -147,7 +98,7 @@ async def test_mtls_untrusted_server_is_not_joined(tmp_path: Path) -> None:
             "ca_file": pki.untrusted_ca.cert,
             "firmware_meta": META,
             "name": "mtls-untrusted",
-            **FAST,
+            **FAST_LINK,
         }
         async with NervesHubLink(**options) as link:
             status = await link.wait_for(lambda s: s.last_error is not None, 5)
@@ -183,7 +134,9 @@ async def test_reconnect_after_close_code_with_backoff(hub: FakeHub, code: int) 
         gap = attempts[1].monotonic - attempts[0].monotonic
         assert gap >= 0.25
         await link.wait_joined(5)
-        assert link.backoff.attempt == 0  # reset by the successful join
+        assert link.backoff.attempt == 1  # not reset by the join itself...
+        await link.wait_for(lambda s: s.stable, 5)
+        assert link.backoff.attempt == 0  # ...but once it stayed up (backoff_reset_after)
 
 
 async def test_drain_of_many_devices_reconnects_all_with_jitter(hub: FakeHub) -> None:

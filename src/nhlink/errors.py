@@ -24,6 +24,8 @@
     * :class:`ConnectFailed` — DNS failure or connection refused/unreachable.
     * :class:`TLSVerificationError` — the server's certificate did not verify, or ours was refused.
     * :class:`ConnectTimeout` — the connection or handshake took too long.
+
+      * :class:`JoinTimeout` — the server never answered the ``device`` channel join.
     * :class:`ConnectionClosed` — the WebSocket is closed; carries the close code and reason.
     * :class:`HeartbeatTimeout` — the server left a Phoenix heartbeat unanswered for an interval.
 
@@ -64,6 +66,7 @@ __all__ = [
     "HandshakeError",
     "HeartbeatTimeout",
     "InvalidStatus",
+    "JoinTimeout",
     "LocalProtocolError",
     "NHLinkError",
     "PermanentDownloadError",
@@ -157,6 +160,11 @@ class TLSVerificationError(TransportError):
 
 class ConnectTimeout(TransportError):
     """Connecting (TCP, TLS or the WebSocket handshake) took longer than allowed."""
+
+
+class JoinTimeout(ConnectTimeout):
+    """The server did not answer the ``device`` channel join in time: the socket is closed and
+    the link reconnects with backoff."""
 
 
 class ConnectionClosed(TransportError):

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from . import instances
-from .callbacks import call_callback
+from .callbacks import CallbackQueue, call_callback
 from .client import Client, DefaultClient
 from .config import LinkConfig
 from .errors import (
@@ -30,6 +30,7 @@ from .errors import (
     DecodeError,
     HeartbeatTimeout,
     InvalidStatus,
+    JoinTimeout,
     LocalProtocolError,
     NHLinkError,
     WriterError,
@@ -41,8 +42,9 @@ from .protocol.channel import ChannelClosed, Joined, JoinRefused, PhoenixSession
 from .transport.tls import client_ssl_context
 from .transport.ws import WebSocket, connect
 from .update.download import DownloadOptions
+from .update.manager import UpdateManager, UpdatePolicy
 from .update.state import StateStore
-from .update.writer import FwupWriter
+from .update.writer import FwupWriter, as_writer
 
 __all__ = ["LinkState", "LinkStatus", "NervesHubLink"]
 
@@ -50,6 +52,18 @@ logger = logging.getLogger(__name__)
 
 _CLOSE_TIMEOUT = 5.0  # seconds for the server to answer our close frame before we drop TCP
 _STOP_GRACE = 10.0  # seconds stop() lets the connection loop finish its callbacks
+#: Seconds a push's reply handler waits for a reply that may never come (send(on_reply=...)).
+REPLY_TIMEOUT = 30.0
+
+# Why the server closed the socket (PROTOCOL.md §4.4); every one of them means "reconnect with
+# backoff", and none of them resets the backoff by itself.
+_CLOSE_CAUSES: dict[int, str] = {
+    wire.CLOSE_GOING_AWAY: (
+        "the same device identity connected elsewhere (or the device moved to another product)"
+    ),
+    wire.CLOSE_SERVICE_RESTART: "the server is restarting (draining its connections)",
+    wire.CLOSE_PROTOCOL_ERROR: "the server's idle timeout or a protocol error",
+}
 
 
 class LinkState(enum.Enum):
@@ -73,6 +87,8 @@ class LinkStatus:
     joins: int = 0
     next_retry_in: float | None = None  # while WAITING: the delay before the next attempt
     last_retry_delay: float | None = None  # the most recent backoff delay (kept afterwards)
+    #: joined for ``backoff_reset_after`` seconds on this connection (the backoff was reset)
+    stable: bool = False
 
     @property
     def joined(self) -> bool:
@@ -91,17 +107,25 @@ class NervesHubLink:
     once; :meth:`start` returns immediately and connects, joins and reconnects in the background;
     :meth:`stop` closes cleanly. Also usable as ``async with NervesHubLink(...) as link``.
 
-    ``download_options`` tunes firmware downloads (retries, idle timeout, redirects).
+    ``download_options`` tunes firmware downloads (retries, idle timeout, redirects, plain
+    ``http://``). ``fwup_writer`` (or ``firmware_writer``) is a :class:`~nhlink.FwupWriter` or
+    any object with its methods (``fwup_*`` or the Elixir client's ``firmware_*`` names).
     ``clock`` (Unix time, default :func:`time.time`) and ``rand`` (uniform in [0, 1), default
     :func:`random.random`) exist for tests and simulations.
+
+    Reliability rules (PROTOCOL.md §4.4, §12): a join the server does not answer within
+    ``join_timeout`` closes the socket; the reconnect backoff resets only after a connection
+    stayed joined for ``backoff_reset_after`` seconds (two processes with one identity evicting
+    each other back off instead of looping); application callbacks run with a time limit
+    (``callback_timeout``) and the connection callbacks off the connection's critical path.
     """
 
     def __init__(
         self,
         *,
         client: Client | None = None,
-        fwup_writer: FwupWriter | None = None,
-        firmware_writer: FwupWriter | None = None,
+        fwup_writer: FwupWriter | Any = None,
+        firmware_writer: FwupWriter | Any = None,
         extensions: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
@@ -112,7 +136,11 @@ class NervesHubLink:
             raise ConfigError("fwup_writer", "give fwup_writer or firmware_writer, not both")
         self.config = LinkConfig.build(**options)
         self.client: Client = client if client is not None else DefaultClient()
-        self.writer: FwupWriter | None = fwup_writer or firmware_writer
+        writer = fwup_writer if fwup_writer is not None else firmware_writer
+        try:
+            self.writer: FwupWriter | None = as_writer(writer) if writer is not None else None
+        except TypeError as exc:
+            raise ConfigError("fwup_writer", str(exc)) from None
         self.extensions_config: dict[str, Any] = dict(extensions or {})
         self._clock = clock
         self._rand = rand
@@ -166,6 +194,11 @@ class NervesHubLink:
             wire.EVENT_EXTENSIONS_GET: self._on_extensions_get,
             wire.EVENT_SCRIPTS_RUN: self._on_scripts_run,
         }
+        self._callbacks = CallbackQueue(self.config.name, self.config.callback_timeout)
+        #: seconds a reply handler of ``send(on_reply=...)`` waits before it is forgotten
+        self.reply_timeout = REPLY_TIMEOUT
+        self._abort_reason: NHLinkError | None = None  # why this side dropped the socket
+        self._validated_sent = False  # firmware_validated told to the server on this join
         self._reply_handlers: dict[str, Callable[[Reply], Awaitable[None]]] = {}
         self._topic_handlers: dict[str, Callable[[Push], Awaitable[None]]] = {}
         self._channel_closed_handlers: dict[str, Callable[[ChannelClosed], Awaitable[None]]] = {}
@@ -174,10 +207,17 @@ class NervesHubLink:
         # Components, each owning one part of the protocol. They talk to the server through
         # send()/join()/on_topic()/on_reply() and are told about (dis)connections below.
         from .extensions.router import ExtensionRouter
-        from .update.manager import UpdateManager
 
         self.extensions = ExtensionRouter(self, self.extensions_config)
-        self.updates = UpdateManager(self, download_options)
+        self.updates = UpdateManager(
+            self,
+            download_options,
+            UpdatePolicy(
+                allow_unverified_firmware=self.config.allow_unverified_firmware,
+                callback_timeout=self.config.callback_timeout,
+                min_reschedule_ms=round(self.config.min_reschedule_delay * 1000),
+            ),
+        )
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -236,6 +276,7 @@ class NervesHubLink:
         for t in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        await self._callbacks.drain(_STOP_GRACE)  # the last disconnect callback runs to the end
         self._task = None
         instances.unregister(self)
         self._set_status(state=LinkState.STOPPED, next_retry_in=None)
@@ -294,7 +335,8 @@ class NervesHubLink:
         return self.store.state.validated_uuid == self.config.firmware_meta["uuid"]
 
     async def confirm_update(self) -> None:
-        """Mark the running firmware valid: writer's ``fwup_confirm``, persist, tell the server.
+        """Mark the running firmware valid: writer's ``fwup_confirm``, persist, tell the server
+        (``firmware_validated``, unless this connection already told it).
 
         Raises :class:`~nhlink.errors.WriterError` if the writer refuses; nothing else happens then.
         """
@@ -307,8 +349,13 @@ class NervesHubLink:
                 raise WriterError(f"fwup_confirm failed: {exc}") from exc
         self.store.state.validated_uuid = self.config.firmware_meta["uuid"]
         await self.store.asave()
-        if self.session.is_joined(wire.TOPIC_DEVICE):
-            await self.send(wire.TOPIC_DEVICE, wire.EVENT_FIRMWARE_VALIDATED, {})
+        # Once per connection: the join's meta (or an earlier message) may have said it.
+        if self.session.is_joined(wire.TOPIC_DEVICE) and not self._validated_sent:
+            await self._send_validated()
+
+    async def _send_validated(self) -> None:
+        self._validated_sent = True
+        await self.send(wire.TOPIC_DEVICE, wire.EVENT_FIRMWARE_VALIDATED, {})
 
     async def send(
         self,
@@ -318,12 +365,16 @@ class NervesHubLink:
         *,
         track_reply: bool = False,
         on_reply: Callable[[Reply], Awaitable[None]] | None = None,
+        reply_timeout: float | None = None,
     ) -> str:
         """Push ``event`` on a joined topic; returns the ref used.
 
         ``on_reply`` is registered for this message's ref *before* it is written, so the reply
-        can never race past it (it implies ``track_reply``). Raises ConnectionClosed when there
-        is no connection and LocalProtocolError when the topic is not joined.
+        can never race past it (it implies ``track_reply``). It is forgotten after
+        ``reply_timeout`` seconds (default: the link's ``reply_timeout``, 30 s) without a reply
+        (most pushes get none), so handlers never pile up on a long-lived connection. Raises
+        ConnectionClosed when there is no connection and LocalProtocolError when the topic is
+        not joined.
         """
         ws = self._ws
         if ws is None:
@@ -332,12 +383,23 @@ class NervesHubLink:
         ref = self.session.last_ref()  # before any await: another task may send meanwhile
         if on_reply is not None:
             self._reply_handlers[ref] = on_reply
+            delay = self.reply_timeout if reply_timeout is None else reply_timeout
+            asyncio.get_running_loop().call_later(delay, self._forget_reply, ref)
         try:
             await ws.send_text(frame)
         except BaseException:
-            self._reply_handlers.pop(ref, None)
+            self._forget_reply(ref)
             raise
         return ref
+
+    def _forget_reply(self, ref: str) -> None:
+        self._reply_handlers.pop(ref, None)
+        self.session.forget_reply(ref)
+
+    @property
+    def pending_replies(self) -> int:
+        """Reply handlers still registered (they expire after ``reply_timeout``)."""
+        return len(self._reply_handlers)
 
     async def join(self, topic: str, payload: Any) -> None:
         """Send ``phx_join`` for ``topic`` (the reply arrives as a Joined/JoinRefused event)."""
@@ -427,6 +489,10 @@ class NervesHubLink:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
 
+    def _validation_reported(self) -> bool:
+        # A method, not the attribute: confirm_update() sets it while the watcher sleeps.
+        return self._validated_sent
+
     def _stop_requested(self) -> bool:
         # A method, not the attribute: stop() flips it while _run awaits.
         return self._stopping
@@ -468,33 +534,102 @@ class NervesHubLink:
         )
         ws = await self._open_socket()
         self._ws = ws
+        self._abort_reason = None
         self._reconnect_now = False  # a reconnect() asked for during the attempt is satisfied
-        heartbeat: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        timers: list[asyncio.TimerHandle] = []
+        side: list[asyncio.Task[None]] = []
         try:
-            self._set_status(state=LinkState.CONNECTED, last_close_code=None)
+            self._set_status(state=LinkState.CONNECTED, last_close_code=None, stable=False)
             logger.info("%s: connected to %s", self.name, self.config.url)
-            await call_callback("handle_connected", self.client.handle_connected)
+            # Off the critical path: a slow handle_connected never delays the join (§14.3).
+            self._callbacks.put("handle_connected", self.client.handle_connected)
             await self._join_device()
-            heartbeat = asyncio.create_task(self._heartbeat(ws), name=f"nhlink:{self.name}:hb")
+            timers.append(loop.call_later(self.config.join_timeout, self._join_overdue, ws))
+            side.append(asyncio.create_task(self._heartbeat(ws), name=f"nhlink:{self.name}:hb"))
             async for message in ws:
                 if isinstance(message, bytes):
                     logger.warning("%s: ignoring unexpected binary frame (vsn 2.0.0)", self.name)
                     continue
-                await self._dispatch(message)
-            raise ConnectionClosed(ws.close_code or 1006, ws.close_reason)
+                joined = await self._dispatch(message)
+                if joined:
+                    timers.append(
+                        loop.call_later(self.config.backoff_reset_after, self._connection_stable)
+                    )
+                    side.append(
+                        asyncio.create_task(
+                            self._watch_validation(), name=f"nhlink:{self.name}:validation"
+                        )
+                    )
+            if self._abort_reason is not None:
+                raise self._abort_reason
+            code = ws.close_code or 1006
+            cause = _CLOSE_CAUSES.get(code)
+            raise ConnectionClosed(
+                code,
+                ws.close_reason,
+                f"connection closed by the server (code {code}: {cause})" if cause else None,
+            )
         finally:
-            if heartbeat is not None:
-                heartbeat.cancel()
+            for timer in timers:
+                timer.cancel()
+            for task in side:
+                task.cancel()
+            for task in side:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await heartbeat
+                    await task
             self._ws = None
             self.session.reset()
             if not ws.closed:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(ws.close(), _CLOSE_TIMEOUT + 1)
-            self._set_status(last_close_code=ws.close_code)
+            self._set_status(last_close_code=ws.close_code, stable=False)
             await self._connection_lost()
-            await call_callback("handle_disconnected", self.client.handle_disconnected)
+            self._callbacks.put("handle_disconnected", self.client.handle_disconnected)
+
+    def _drop(self, ws: WebSocket, reason: NHLinkError) -> None:
+        """This side gives up on the socket: record why, then drop TCP at once."""
+        if self._abort_reason is None:
+            self._abort_reason = reason
+        logger.warning("%s: %s", self.name, reason)
+        self._set_status(last_error=reason)
+        ws.abort()
+
+    def _join_overdue(self, ws: WebSocket) -> None:
+        if self._ws is ws and not self.session.is_joined(wire.TOPIC_DEVICE):
+            self._drop(
+                ws,
+                JoinTimeout(
+                    f"the server did not answer the device channel join within "
+                    f"{self.config.join_timeout:g} s; reconnecting"
+                ),
+            )
+
+    def _connection_stable(self) -> None:
+        # Joined and still up after backoff_reset_after: the next disconnect starts short again.
+        # (Resetting at the join itself would let two processes with one identity evict each
+        # other every second forever, §4.4.)
+        self.backoff.reset()
+        self._set_status(stable=True)
+
+    async def _watch_validation(self) -> None:
+        """While joined: tell the server once the firmware becomes validated (§10), whoever
+        validates it (the client, the writer or confirm_update()). Polls like NHL (10 s)."""
+        interval = self.config.validation_poll_interval
+        while not self._validation_reported():
+            await asyncio.sleep(interval)
+            if self._validation_reported():
+                return
+            try:
+                validated = self.firmware_validated()
+            except Exception:
+                logger.exception("%s: checking firmware validation failed", self.name)
+                continue
+            if validated:
+                logger.info("%s: the running firmware is now validated", self.name)
+                with contextlib.suppress(NHLinkError):
+                    await self._send_validated()
+                return
 
     async def _connection_lost(self) -> None:
         """The socket is gone (channels are reset): tell the components."""
@@ -507,8 +642,10 @@ class NervesHubLink:
 
     async def _join_device(self) -> None:
         downloading = self.store.state.download or {}
+        validated = self.firmware_validated()
+        self._validated_sent = validated  # the join's meta says it already
         params = self.config.join_params(
-            validated=self.firmware_validated(),
+            validated=validated,
             auto_revert=bool(self.writer.auto_revert_detected()) if self.writer else False,
             downloading_uuid=downloading.get("uuid"),
         )
@@ -521,46 +658,44 @@ class NervesHubLink:
             try:
                 frame = self.session.heartbeat()
             except HeartbeatTimeout as exc:
-                logger.warning("%s: %s", self.name, exc)
-                self._set_status(last_error=exc)
-                ws.abort()
+                self._drop(ws, exc)
                 return
             try:
                 await ws.send_text(frame)
             except ConnectionClosed:
                 return
 
-    async def _dispatch(self, text: str) -> None:
+    async def _dispatch(self, text: str) -> bool:
+        """Handle one message; True when it was the device channel's successful join."""
         try:
             event = self.session.receive(text)
         except DecodeError as exc:
             logger.warning("%s: dropping malformed message: %s", self.name, exc)
-            return
+            return False
         if event is None:
-            return
+            return False
         if isinstance(event, Push):
             if event.topic == wire.TOPIC_DEVICE:
                 handler = self._push_handlers.get(event.event)
                 if handler is None:
                     logger.info("%s: ignoring unknown device event %r", self.name, event.event)
-                    return
+                    return False
                 await handler(event.payload)
             else:
                 topic_handler = self._topic_handlers.get(event.topic)
                 if topic_handler is None:
                     logger.info("%s: ignoring push on %r: %r", self.name, event.topic, event.event)
-                    return
+                    return False
                 await topic_handler(event)
         elif isinstance(event, Joined):
             if event.topic == wire.TOPIC_DEVICE:
-                self.backoff.reset()
                 self._set_status(
                     state=LinkState.JOINED, joins=self._status.joins + 1, last_error=None
                 )
                 logger.info("%s: joined the device channel", self.name)
                 await self._device_joined(event.response)
-            else:
-                await self._other_joined(event)
+                return True
+            await self._other_joined(event)
         elif isinstance(event, JoinRefused):
             if event.topic == wire.TOPIC_DEVICE:
                 raise LocalProtocolError(f"device channel join refused: {event.response!r}")
@@ -578,6 +713,7 @@ class NervesHubLink:
             reply_handler = self._reply_handlers.pop(event.ref, None)
             if reply_handler is not None:
                 await reply_handler(event)
+        return False
 
     async def _device_joined(self, response: Any) -> None:
         """The device channel is joined. A legacy server's reply may carry an update (§5)."""
@@ -602,10 +738,13 @@ class NervesHubLink:
         # §13.14: acknowledge *before* rebooting.
         with contextlib.suppress(NHLinkError):
             await self.send(wire.TOPIC_DEVICE, wire.EVENT_REBOOTING, {})
-        self._spawn(call_callback("reboot", self.client.reboot), "reboot")
+        self._spawn(self._call("reboot", self.client.reboot), "reboot")
 
     async def _on_identify(self, payload: Any) -> None:
-        self._spawn(call_callback("identify", self.client.identify), "identify")
+        self._spawn(self._call("identify", self.client.identify), "identify")
+
+    async def _call(self, name: str, fn: Callable[..., Any]) -> Any:
+        return await call_callback(name, fn, timeout=self.config.callback_timeout)
 
     async def _on_update(self, payload: Any) -> None:
         await self.updates.on_update(payload)

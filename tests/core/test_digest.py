@@ -31,11 +31,15 @@ def chunks(data: bytes, size: int) -> list[bytes]:
 
 
 def stream(digest: Any, pieces: Iterable[Any]) -> tuple[list[bytes], bytes]:
-    """Feed every piece; return the blocks (as bytes) and the flushed tail."""
+    """Feed every piece; return the blocks (as bytes) and what flush returned, joined."""
     blocks: list[bytes] = []
     for piece in pieces:
         blocks.extend(bytes(block) for block in digest.feed(piece))
-    return blocks, digest.flush()
+    return blocks, joined(digest.flush())
+
+
+def joined(blocks: Iterable[Any]) -> bytes:
+    return b"".join(bytes(block) for block in blocks)
 
 
 DATA = os.urandom(5 * 64 * KIB + 12345)
@@ -48,7 +52,6 @@ def test_blocks_and_digest(core: ModuleType, chunk_size: int) -> None:
     assert all(len(block) == 65536 for block in blocks)
     assert len(blocks) == len(DATA) // 65536
     assert b"".join(blocks) + tail == DATA
-    assert type(tail) is bytes
     assert digest.total == len(DATA)
     assert digest.whole_available
     assert digest.hexdigest() == sha(DATA)
@@ -106,7 +109,7 @@ def test_empty_stream(core: ModuleType) -> None:
     digest = core.StreamingDigest()
     assert digest.feed(b"") == []
     assert digest.feed(bytearray()) == []
-    assert digest.flush() == b""
+    assert digest.flush() == []
     assert digest.hexdigest() == sha(b"")
     assert digest.total == 0
 
@@ -121,7 +124,8 @@ def test_zero_copy_blocks_of_immutable_bytes(core: ModuleType) -> None:
         assert block.obj is data  # a view of the caller's bytes, no copy
         assert block.readonly
         assert bytes(block) == data[index * 1000 : (index + 1) * 1000]
-    assert digest.flush() == data[-17:]
+    tail = digest.flush()
+    assert tail == [data[-17:]] and type(tail[0]) is bytes
 
 
 def test_small_chunks_coalesce_into_fresh_blocks(core: ModuleType) -> None:
@@ -153,7 +157,7 @@ def test_mutable_input_may_be_reused(core: ModuleType) -> None:
     big = bytearray(data)
     blocks.extend(digest.feed(big))
     big[:] = bytes(len(big))
-    tail = digest.flush()
+    tail = joined(digest.flush())
     assert b"".join(bytes(block) for block in blocks) + tail == data + data
     assert digest.hexdigest() == sha(data + data)
 
@@ -194,7 +198,7 @@ def test_state_errors(core: ModuleType) -> None:
         digest.hexdigest()
     with pytest.raises(ValueError):
         digest.verify(sha(b"abc"))
-    assert digest.flush() == b"abc"
+    assert digest.flush() == [b"abc"]
     with pytest.raises(ValueError):
         digest.feed(b"more")
     with pytest.raises(ValueError):
@@ -219,6 +223,9 @@ def test_state_errors(core: ModuleType) -> None:
         {"part_checksums": ["abc"]},
         {"part_checksums": ["z" * 64]},
         {"part_checksums": [sha(b"ok"), "0" * 65]},
+        {"checksum": "abc"},
+        {"checksum": ""},
+        {"checksum": "g" * 64},
     ],
 )
 def test_rejects_bad_arguments(core: ModuleType, kwargs: dict[str, Any]) -> None:
@@ -432,3 +439,171 @@ def test_implementations_agree(py_core: ModuleType, c_core: ModuleType) -> None:
         pieces = [data[:10], bytearray(data[10:5000]), data[5000:40_000], memoryview(data)[40_000:]]
         results.append((stream(digest, pieces), digest.part_digests, digest.hexdigest()))
     assert results[0] == results[1]
+
+
+# -- the verification gate: the writer never gets a byte that can still fail -------------------
+
+
+def test_gate_parts_releases_a_part_only_once_it_matched(core: ModuleType) -> None:
+    part = 4 * KIB
+    data = os.urandom(5 * part + 300)
+    digest = core.StreamingDigest(
+        block_size=KIB, part_size=part, part_checksums=parts_of(data, part)
+    )
+    out = bytearray()
+    for piece in chunks(data, 700):
+        out += joined(digest.feed(piece))
+        # Released bytes are whole verified parts, a prefix of the image, and lag by < 1 part
+        # (+ the chunk that completed it).
+        assert digest.released == len(out) <= digest.verified_offset
+        assert len(out) % part == 0
+        assert out == data[: len(out)]
+        assert digest.total - len(out) < part + 700
+        assert digest.held == digest.total - len(out)
+    out += joined(digest.flush())
+    assert out == data
+    assert digest.released == digest.total == len(data)
+    assert digest.held == 0
+
+
+@pytest.mark.parametrize("corrupt_at", [0, 4095, 4096, 9000, 5 * 4096 + 10])
+def test_gate_parts_never_releases_a_bad_part(core: ModuleType, corrupt_at: int) -> None:
+    part = 4 * KIB
+    data = os.urandom(5 * part + 300)
+    bad = bytearray(data)
+    bad[corrupt_at] ^= 0x40
+    digest = core.StreamingDigest(
+        block_size=KIB, part_size=part, part_checksums=parts_of(data, part)
+    )
+    out = bytearray()
+
+    def deliver() -> None:
+        nonlocal out
+        for piece in chunks(bytes(bad), 500):
+            out += joined(digest.feed(piece))
+        out += joined(digest.flush())
+
+    with pytest.raises(ChecksumMismatch, match=f"part {corrupt_at // part}"):
+        deliver()
+    # Only the parts before the bad one ever reached the caller.
+    assert out == data[: len(out)]
+    assert len(out) <= (corrupt_at // part) * part
+    assert digest.held == digest.total - digest.released
+
+
+def test_gate_parts_holds_the_last_part_for_the_whole_checksum(core: ModuleType) -> None:
+    part = 1000
+    data = os.urandom(3 * part)  # ends exactly on a part boundary: feed completes the last part
+    expected = parts_of(data, part)
+    digest = core.StreamingDigest(
+        block_size=250, part_size=part, part_checksums=expected, checksum=sha(data)
+    )
+    out = joined(digest.feed(data))
+    assert out == data[: 2 * part]  # parts 0 and 1; part 2 waits for the whole-file check
+    assert digest.verified_offset == len(data)
+    assert joined(digest.flush()) == data[2 * part :]
+    # Parts that match but a whole-file checksum that does not (an inconsistent server): the
+    # last part never reaches the writer.
+    digest = core.StreamingDigest(
+        block_size=250, part_size=part, part_checksums=expected, checksum=sha(b"other")
+    )
+    assert joined(digest.feed(data)) == data[: 2 * part]
+    with pytest.raises(ChecksumMismatch) as info:
+        digest.flush()
+    assert info.value.actual == sha(data)
+    assert digest.held == part
+    with pytest.raises(ValueError):
+        digest.flush()
+
+
+@pytest.mark.parametrize("chunk_size", [1, 100, 1000, 5000, 70_000])
+def test_gate_whole_holds_the_newest_block(core: ModuleType, chunk_size: int) -> None:
+    block = 1000
+    data = os.urandom(7 * block + 123)
+    digest = core.StreamingDigest(block_size=block, part_size=block, checksum=sha(data).upper())
+    out = bytearray()
+    for piece in chunks(data, chunk_size):
+        out += joined(digest.feed(piece))
+        assert out == data[: len(out)]
+        assert digest.held >= min(digest.total, block)  # never a complete image
+    assert len(out) < len(data)
+    out += joined(digest.flush())
+    assert out == data
+
+
+@pytest.mark.parametrize("size", [0, 10, 1000, 1001, 7 * 1000 + 5])
+def test_gate_whole_wrong_checksum_keeps_the_tail(core: ModuleType, size: int) -> None:
+    data = os.urandom(size)
+    digest = core.StreamingDigest(block_size=1000, part_size=1000, checksum=sha(b"not it"))
+    out = joined(digest.feed(data))
+    with pytest.raises(ChecksumMismatch) as info:
+        digest.flush()
+    assert info.value.actual == sha(data)
+    assert out == data[: len(out)]
+    assert len(out) <= max(0, size - 1000)  # the last block (or all of a tiny image) held back
+    with pytest.raises(ValueError):
+        digest.feed(b"x")
+
+
+def test_no_gate_without_anything_to_check(core: ModuleType) -> None:
+    data = os.urandom(3000)
+    digest = core.StreamingDigest(block_size=1000, part_size=1000)
+    assert joined(digest.feed(data)) == data
+    assert digest.held == 0
+
+
+def test_checksum_with_an_offset_cannot_be_verified(core: ModuleType) -> None:
+    data = os.urandom(2000)
+    digest = core.StreamingDigest(
+        block_size=500,
+        part_size=1000,
+        part_checksums=parts_of(data, 1000),
+        offset=1000,
+        checksum=sha(data),
+    )
+    assert joined(digest.feed(data[1000:])) == b""  # the last part waits for a check
+    with pytest.raises(ChecksumMismatch, match="resumed at byte 1000"):
+        digest.flush()
+
+
+def test_absorb_a_resumed_prefix(core: ModuleType) -> None:
+    part = 1000
+    data = os.urandom(4 * part + 77)
+    expected = parts_of(data, part)
+    digest = core.StreamingDigest(
+        block_size=250, part_size=part, part_checksums=expected, checksum=sha(data)
+    )
+    assert digest.absorb(data[:part])
+    assert digest.absorb(memoryview(bytearray(data[part : 2 * part])))
+    assert (digest.total, digest.released, digest.verified_offset) == (2 * part, 2 * part, 2 * part)
+    # A damaged part is refused and changes nothing: the caller restarts there.
+    damaged = bytearray(data[2 * part : 3 * part])
+    damaged[5] ^= 1
+    assert not digest.absorb(damaged)
+    assert (digest.total, digest.released, digest.verified_offset) == (2 * part, 2 * part, 2 * part)
+    assert digest.part_digests == [p.lower() for p in expected[:2]]
+    rest = joined(digest.feed(data[2 * part :])) + joined(digest.flush())
+    assert rest == data[2 * part :]
+    assert digest.hexdigest() == sha(data)  # the whole-file digest covers the absorbed prefix
+
+
+def test_absorb_misuse(core: ModuleType) -> None:
+    data = os.urandom(2000)
+    expected = parts_of(data, 1000)
+    with pytest.raises(ValueError, match="part_checksums"):
+        core.StreamingDigest(block_size=500, part_size=1000).absorb(data[:1000])
+    digest = core.StreamingDigest(block_size=500, part_size=1000, part_checksums=expected)
+    with pytest.raises(ValueError, match="exactly one part"):
+        digest.absorb(data[:999])
+    digest.feed(data[:10])
+    with pytest.raises(ValueError, match="part boundary"):
+        digest.absorb(data[:1000])
+    digest = core.StreamingDigest(block_size=500, part_size=1000, part_checksums=expected[:1])
+    assert digest.absorb(data[:1000])
+    with pytest.raises(ValueError, match="beyond"):
+        digest.absorb(data[1000:])
+    digest.flush()
+    with pytest.raises(ValueError, match="after flush"):
+        digest.absorb(data[:1000])
+    with pytest.raises(TypeError):
+        core.StreamingDigest(part_checksums=expected).absorb("text")

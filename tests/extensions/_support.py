@@ -10,38 +10,19 @@ from typing import Any, TypeVar
 from nhlink import NervesHubLink
 from nhlink.extensions import Extension, ExtensionContext, ExtensionReply
 from nhlink.testing import FakeHub, Message
+from tests.support import KEY, META, SECRET, device_options
+
+__all__ = ["KEY", "META", "SECRET"]
 
 T = TypeVar("T")
 
-KEY = "nhp_extensionstestkey000000000000000000000000"
-SECRET = "extensions-test-secret-0123456789abcdefghij"
 DEVICE = "gw-ext-0001"
-META = {
-    "uuid": "0b8e3c5e-5f0f-4d3c-9d5e-2f6f6b7c8d9e",
-    "product": "gw",
-    "architecture": "x86_64",
-    "platform": "test",
-    "version": "1.0.0",
-}
-#: Fast reconnects; extension re-joins after 10 ms instead of 1 s.
-FAST = {"heartbeat_interval": 30.0, "backoff_initial": 0.05, "backoff_max": 0.2}
+#: Extension re-joins after 10 ms instead of 1 s.
 REJOIN_DELAYS = (0.01,)
 
 
 def link_options(port: int = 443, identifier: str = DEVICE, **extra: Any) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": port,
-        "ssl": False,
-        "product_key": KEY,
-        "product_secret": SECRET,
-        "identifier": identifier,
-        "firmware_meta": META,
-        "name": identifier,
-        **FAST,
-    }
-    options.update(extra)
-    return options
+    return device_options(port, identifier, **extra)
 
 
 def make_hub(extensions: Collection[str] = (), **options: Any) -> FakeHub:

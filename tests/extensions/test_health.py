@@ -164,6 +164,38 @@ async def test_callable_provider() -> None:
     assert calls and calls[0] != threading.get_ident()
 
 
+class SeedProvider:
+    """Shaped like the Elixir client's HealthProvider behaviour: only ``health_check()``."""
+
+    def health_check(self) -> dict[str, float]:
+        return {"cpu_temp": 41.5, "mem_used_percent": 12}
+
+
+class SeedSubclass(HealthProvider):
+    def health_check(self) -> dict[str, float]:
+        return {"load_1min": 0.5}
+
+    def metadata(self) -> dict[str, str]:
+        return {"site": "north"}
+
+
+@pytest.mark.parametrize(
+    ("provider", "metrics", "metadata"),
+    [
+        (SeedProvider(), {"cpu_temp": 41.5, "mem_used_percent": 12}, {}),
+        (SeedSubclass(), {"load_1min": 0.5}, {"site": "north"}),
+    ],
+)
+async def test_seed_health_check_provider(
+    provider: Any, metrics: dict[str, float], metadata: dict[str, str]
+) -> None:
+    async with make_hub({"health"}) as hub, running_link(hub, {"health": provider}):
+        await wait_ext(hub, "health:report")
+        report = hub.devices[DEVICE].health_reports[0]
+        assert report["metrics"] == metrics
+        assert report["metadata"] == metadata
+
+
 async def test_async_callable_provider() -> None:
     async def metrics() -> dict[str, float]:
         return {"x": 1.25}

@@ -153,6 +153,55 @@ async def test_error_reply_detach_stops_the_extension() -> None:
         assert hub.devices[DEVICE].messages_for("extensions", "geo:detached") == []
 
 
+async def test_detach_reply_to_an_event_stops_the_extension() -> None:
+    # §8.2: the bare "detach" error reply to *any* push of an extension (not only to its
+    # ":attached") means the server no longer considers it attached: stop it.
+    spy = Spy(reply=("location:update", {"source": "gps", "latitude": 1.0, "longitude": 2.0}))
+    async with hub_and_link({"health", "geo"}, {"health": True, "geo": spy}) as (hub, link):
+        await wait_ext(hub, "geo:location:update")
+        assert hub.forget_attachment(DEVICE, "geo")
+        assert await hub.push(DEVICE, "extensions", "geo:location:request", {})
+        refused = await wait_count(hub, "geo:location:update", 2)
+        assert refused[-1].rejected == "detach"
+        await wait_event(spy.stopped)
+        assert "geo" not in link.extensions.attached
+        assert "health" in link.extensions.attached
+        assert hub.devices[DEVICE].messages_for("extensions", "geo:detached") == []
+        # Stopped for good: further requests are not answered.
+        assert await hub.push(DEVICE, "extensions", "geo:location:request", {})
+        await sync_point(hub, "after-detach")
+        assert len(hub.devices[DEVICE].messages_for("extensions", "geo:location:update")) == 2
+
+
+async def test_reply_handlers_of_extension_pushes_expire() -> None:
+    # ":attached" and every extension event register a handler for a reply that usually
+    # never comes: they must not pile up on a long-lived connection.
+    spy = Spy(reply=("location:update", {"source": "gps", "latitude": 1.0, "longitude": 2.0}))
+    async with make_hub({"geo"}) as hub:
+        link = NervesHubLink(extensions={"geo": spy}, **link_options(hub.port))
+        link.reply_timeout = 0.2
+        forgotten: list[str] = []
+        all_gone = asyncio.Event()
+        forget = link._forget_reply
+
+        def spy_forget(ref: str) -> None:
+            forget(ref)
+            forgotten.append(ref)
+            if link.pending_replies == 0 and len(forgotten) >= 7:
+                all_gone.set()
+
+        link._forget_reply = spy_forget  # type: ignore[method-assign]
+        async with link:
+            await wait_ext(hub, "geo:location:update")
+            for _ in range(5):
+                assert await hub.push(DEVICE, "extensions", "geo:location:request", {})
+            await wait_count(hub, "geo:location:update", 6)
+            await wait_event(all_gone)
+            assert link.pending_replies == 0
+            assert link.session.tracked_replies == 0
+            assert len(forgotten) >= 7  # geo:attached + 6 events
+
+
 async def test_attach_event_for_a_newly_enabled_extension() -> None:
     spy = Spy(reply=("location:update", {"source": "gps", "latitude": 1.0, "longitude": 2.0}))
     async with hub_and_link({"health"}, {"health": True, "geo": spy}) as (hub, link):

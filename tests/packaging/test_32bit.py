@@ -59,7 +59,7 @@ def _stream(digest: Any, data: bytes, chunk: int) -> bytes:
     out: list[bytes] = []
     for i in range(0, len(data), chunk):
         out.extend(bytes(block) for block in digest.feed(data[i : i + chunk]))
-    out.append(digest.flush())
+    out.extend(bytes(block) for block in digest.flush())
     return b"".join(out)
 
 
@@ -81,7 +81,7 @@ def test_digest_resumes_past_2gib_with_parts(core: ModuleType, offset: int) -> N
     assert digest.verified_offset == offset + MIB
     assert digest.total == offset + MIB + 5
 
-    rest = b"".join(bytes(b) for b in digest.feed(data[MIB + 5 :])) + digest.flush()
+    rest = b"".join(bytes(b) for b in [*digest.feed(data[MIB + 5 :]), *digest.flush()])
     assert b"".join(bytes(b) for b in blocks) + rest == data
     assert digest.total == offset + len(data)
     assert digest.verified_offset == offset + len(data)

@@ -130,13 +130,17 @@ async def test_http_control_api(hub: FakeHub) -> None:
         assert update["checksum"] == "AA"
         assert update["size"] == 3
 
-        async with http.post(f"/_fakehub/devices/{IDENT}/reboot") as response:
+        async with http.post(f"/_fakehub/devices/{IDENT}/reboot", json={}) as response:
             assert await response.json() == {"sent": True}
         assert (await recv(ws))[3] == "reboot"
 
         async with http.get("/_fakehub/devices/nobody") as response:
             assert response.status == 404
-        async with http.post(f"/_fakehub/devices/{IDENT}/push", data=b"[1]") as response:
+        async with http.post(
+            f"/_fakehub/devices/{IDENT}/push",
+            data=b"[1]",
+            headers={"Content-Type": "application/json"},
+        ) as response:
             assert response.status == 400
 
         async with http.get("/_fakehub/attempts") as response:
@@ -149,8 +153,41 @@ async def test_http_control_api(hub: FakeHub) -> None:
             assert await response.json() == {"sent": True}
         assert await close_code(ws) == 4001
 
-        async with http.post("/_fakehub/drain") as response:
+        async with http.post("/_fakehub/drain", json={}) as response:
             assert await response.json() == {"closed": 0}
+
+
+async def test_control_api_refuses_what_a_browser_could_send(hub: FakeHub) -> None:
+    async with await open_device(hub) as ws, aiohttp.ClientSession(hub.http_url) as http:
+        await join_device(ws)
+        assert (await recv(ws))[3] == "extensions:get"
+        reboot = f"/_fakehub/devices/{IDENT}/reboot"
+        # A cross-origin "simple request" (no preflight): text/plain, or a form.
+        async with http.post(
+            reboot, data=b'{"x": 1}', headers={"Content-Type": "text/plain"}
+        ) as response:
+            assert response.status == 415
+        async with http.post(reboot, data={"a": "b"}) as response:
+            assert response.status == 415
+        # A page's fetch() carries its Origin.
+        async with http.post(
+            reboot, json={}, headers={"Origin": "https://evil.example"}
+        ) as response:
+            assert response.status == 403
+        async with http.get("/_fakehub/devices", headers={"Origin": "null"}) as response:
+            assert response.status == 403
+        # DNS rebinding: the page's own host name in Host.
+        for host in ("evil.example", "evil.example:8080", "127.0.0.1.evil.example"):
+            async with http.get("/_fakehub/devices", headers={"Host": host}) as response:
+                assert response.status == 403, host
+                assert "loopback" in (await response.json())["error"]
+        # What a script sends is served.
+        for host in ("localhost", "127.0.0.1", f"127.0.0.1:{hub.port}", f"[::1]:{hub.port}"):
+            async with http.get("/_fakehub/devices", headers={"Host": host}) as response:
+                assert response.status == 200, host
+        async with http.post(reboot, json={}) as response:
+            assert await response.json() == {"sent": True}
+        assert (await recv(ws))[3] == "reboot"  # the first reboot the device ever got
 
 
 async def test_control_api_can_be_disabled(clock: FrozenClock) -> None:

@@ -4,11 +4,8 @@ recording ``sleep`` (retries take no wall time)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
-
-from nhlink.testing.firmware import FirmwareServer
 
 
 class CollectingSink:
@@ -60,12 +57,6 @@ class Sleeps:
 
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
-
-
-@pytest.fixture
-async def fw() -> AsyncIterator[FirmwareServer]:
-    async with FirmwareServer() as server:
-        yield server
 
 
 @pytest.fixture

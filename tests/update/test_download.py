@@ -24,7 +24,14 @@ from tests.update.conftest import CollectingSink, Sleeps
 SIZE = 1024 * 1024 + 4321  # not a multiple of any buffer size
 DATA = os.urandom(SIZE)
 SECRET = "X-Amz-Signature=0123456789abcdefSECRET&X-Amz-Credential=AKIAEXAMPLE%2Fs3"
-FAST = DownloadOptions(idle_timeout=5.0)
+
+
+def opts(**changes: object) -> DownloadOptions:
+    """Options for the plain-http loopback server (https is the default requirement)."""
+    return DownloadOptions(**{"allow_http": True, **changes})  # type: ignore[arg-type]
+
+
+FAST = opts(idle_timeout=5.0)
 
 
 def zero() -> float:
@@ -82,7 +89,7 @@ async def test_memory_stays_flat_chunks_bounded(
     fw: FirmwareServer, sink: CollectingSink, sleeps: Sleeps
 ) -> None:
     url = fw.add("fw.bin", DATA)
-    options = DownloadOptions(chunk_size=16 * 1024)
+    options = opts(chunk_size=16 * 1024)
     await fetch(url, sink, sleeps, options=options)
     assert bytes(sink.buffer) == DATA
     # Chunks are whatever aiohttp had buffered: bounded by its high-water mark (2 x the read
@@ -93,7 +100,7 @@ async def test_memory_stays_flat_chunks_bounded(
 
 async def test_user_agent_option(fw: FirmwareServer, sink: CollectingSink, sleeps: Sleeps) -> None:
     url = fw.add("fw.bin", b"x" * 100)
-    options = DownloadOptions(user_agent="my-gateway/1.2 nhlink/0.1")
+    options = opts(user_agent="my-gateway/1.2 nhlink/0.1")
     assert await fetch(url, sink, sleeps, expected_size=100, options=options) == 100
     assert fw.requests[0].headers["User-Agent"] == "my-gateway/1.2 nhlink/0.1"
 
@@ -166,7 +173,7 @@ async def test_ranges_capped_by_server_continue_without_counting_failures(
     fw: FirmwareServer, sink: CollectingSink, sleeps: Sleeps
 ) -> None:
     url = fw.add("fw.bin", DATA, faults=Faults(cut_after=100_000, range_limit=300_000))
-    options = DownloadOptions(max_disconnects=1)
+    options = opts(max_disconnects=1)
     assert await fetch(url, sink, sleeps, options=options) == SIZE
     assert bytes(sink.buffer) == DATA
     assert sleeps.delays == [15.0]  # only the cut was a failure
@@ -269,7 +276,7 @@ async def test_429_honours_retry_after_capped(
 async def test_too_many_disconnects(fw: FirmwareServer, sink: CollectingSink) -> None:
     url = fw.add("fw.bin", DATA, faults=Faults(cut_after=0, cut_times=None))
     sleeps = Sleeps()
-    options = DownloadOptions(max_disconnects=3, retry_delay=10, retry_delay_max=35, jitter=0.5)
+    options = opts(max_disconnects=3, retry_delay=10, retry_delay_max=35, jitter=0.5)
     with pytest.raises(PermanentDownloadError, match="failed after 4 attempts") as caught:
         await download(
             url,
@@ -291,7 +298,7 @@ async def test_zero_max_disconnects_fails_on_first_failure(
 ) -> None:
     url = fw.add("fw.bin", DATA, faults=Faults(status=503))
     with pytest.raises(PermanentDownloadError, match="HTTP 503"):
-        await fetch(url, sink, sleeps, options=DownloadOptions(max_disconnects=0))
+        await fetch(url, sink, sleeps, options=opts(max_disconnects=0))
     assert len(fw.requests) == 1
     assert sleeps.delays == []
 
@@ -310,7 +317,7 @@ async def test_connection_refused_is_retried(sink: CollectingSink, sleeps: Sleep
         url = server.add("fw.bin", DATA)
     # The server is gone: nothing listens on its port any more.
     with pytest.raises(PermanentDownloadError, match="ClientConnectorError"):
-        await fetch(url, sink, sleeps, options=DownloadOptions(max_disconnects=2))
+        await fetch(url, sink, sleeps, options=opts(max_disconnects=2))
     assert sleeps.delays == [15.0, 30.0]
 
 
@@ -321,7 +328,7 @@ async def test_idle_timeout_resumes(
     fw: FirmwareServer, sink: CollectingSink, sleeps: Sleeps
 ) -> None:
     url = fw.add("fw.bin", DATA, faults=Faults(stall_after=100_000, stall_for=60.0))
-    options = DownloadOptions(idle_timeout=0.2)
+    options = opts(idle_timeout=0.2)
     assert await fetch(url, sink, sleeps, options=options) == SIZE
     assert bytes(sink.buffer) == DATA
     stalled, resumed = fw.requests
@@ -340,13 +347,13 @@ async def test_slow_sink_is_not_an_idle_timeout(fw: FirmwareServer, sleeps: Slee
 
     sink = SlowSink()
     url = fw.add("fw.bin", DATA)
-    assert await fetch(url, sink, sleeps, options=DownloadOptions(idle_timeout=0.1)) == SIZE
+    assert await fetch(url, sink, sleeps, options=opts(idle_timeout=0.1)) == SIZE
     assert len(fw.requests) == 1
 
 
 async def test_max_total_time(fw: FirmwareServer, sink: CollectingSink, sleeps: Sleeps) -> None:
     url = fw.add("fw.bin", DATA, faults=Faults(stall_after=1000, stall_for=60.0))
-    options = DownloadOptions(idle_timeout=30, max_total_time=0.2)
+    options = opts(idle_timeout=30, max_total_time=0.2)
     with pytest.raises(PermanentDownloadError, match=r"took longer than 0\.2 s"):
         await fetch(url, sink, sleeps, options=options)
     assert len(fw.requests) == 1
@@ -376,7 +383,7 @@ async def test_too_many_redirects_is_permanent(
     fw: FirmwareServer, sink: CollectingSink, sleeps: Sleeps
 ) -> None:
     url = fw.add("fw.bin", DATA, faults=Faults(redirects=5), query=SECRET)
-    options = DownloadOptions(max_redirects=5)
+    options = opts(max_redirects=5)
     assert await fetch(url, sink, sleeps, options=options) == SIZE  # 5 hops are allowed
     assert len(fw.requests) == 6
     fw.faults("fw.bin").redirects = 6
@@ -390,7 +397,7 @@ async def test_too_many_redirects_is_permanent(
 async def test_redirects_disabled(fw: FirmwareServer, sink: CollectingSink, sleeps: Sleeps) -> None:
     url = fw.add("fw.bin", DATA, faults=Faults(redirects=1, redirect_status=307))
     with pytest.raises(PermanentDownloadError, match="HTTP 307"):
-        await fetch(url, sink, sleeps, options=DownloadOptions(max_redirects=0))
+        await fetch(url, sink, sleeps, options=opts(max_redirects=0))
     assert len(fw.requests) == 1
 
 
@@ -469,6 +476,56 @@ async def test_tls_unknown_ca_rejected(
     assert sleeps.delays == []  # a bad certificate is not retried
 
 
+async def test_plain_http_refused_by_default(
+    fw: FirmwareServer, sink: CollectingSink, sleeps: Sleeps
+) -> None:
+    url = fw.add("fw.bin", DATA)
+    with pytest.raises(PermanentDownloadError, match=r"plain http.*allow_http"):
+        await fetch(url, sink, sleeps, options=DownloadOptions())
+    assert fw.requests == []  # not a single byte fetched in clear
+    with pytest.raises(PermanentDownloadError, match="unsupported scheme 'ftp'"):
+        await fetch("ftp://127.0.0.1/fw.bin", sink, sleeps, options=opts())
+
+
+@pytest.mark.parametrize("allow_http", [False, True])
+async def test_https_to_http_redirect_never_followed(
+    tmp_path: Path, fw: FirmwareServer, sink: CollectingSink, sleeps: Sleeps, allow_http: bool
+) -> None:
+    pki = create_pki(tmp_path)
+    clear = fw.add("fw.bin", DATA)
+    async with FirmwareServer(ssl=pki.server_context(mtls=False)) as server:
+        url = server.add(
+            "fw.bin", DATA, faults=Faults(redirects=1, redirect_to=clear), query=SECRET
+        )
+        context = ssl.create_default_context(cafile=str(pki.ca.cert))
+        with pytest.raises(PermanentDownloadError, match="from https to http") as caught:
+            await fetch(url, sink, sleeps, ssl_context=context, options=opts(allow_http=allow_http))
+        assert [r.status for r in server.requests] == [302]
+    assert fw.requests == []  # the http server never saw a request
+    assert sink.buffer == b""
+    assert "SECRET" not in str(caught.value)
+    assert sleeps.delays == []
+
+
+async def test_unannounced_size_is_capped(
+    fw: FirmwareServer, sink: CollectingSink, sleeps: Sleeps
+) -> None:
+    # Content-Length over the cap: refused before the body.
+    url = fw.add("fw.bin", DATA)
+    with pytest.raises(PermanentDownloadError, match="over the 100000-byte limit"):
+        await fetch(url, sink, sleeps, expected_size=None, options=opts(max_size=100_000))
+    assert sink.buffer == b""
+    # No Content-Length at all (chunked): cut off at the cap.
+    fw.faults("fw.bin").chunked = True
+    with pytest.raises(PermanentDownloadError, match=r"100000-byte limit .*unannounced size"):
+        await fetch(url, sink, sleeps, expected_size=None, options=opts(max_size=100_000))
+    assert len(sink.buffer) <= 100_000
+    # An announced size is trusted (the writer checks the space it needs).
+    fw.faults("fw.bin").chunked = False
+    fresh = CollectingSink()
+    assert await fetch(url, fresh, sleeps, options=opts(max_size=100_000)) == SIZE
+
+
 # -- cancellation, sink errors, logging ---------------------------------------------------------
 
 
@@ -476,7 +533,7 @@ async def test_cancellation_is_prompt_and_closes_the_connection(
     fw: FirmwareServer, sink: CollectingSink, sleeps: Sleeps
 ) -> None:
     url = fw.add("fw.bin", DATA, faults=Faults(stall_after=200_000, stall_for=60.0))
-    task = asyncio.create_task(fetch(url, sink, sleeps, options=DownloadOptions()))
+    task = asyncio.create_task(fetch(url, sink, sleeps, options=opts()))
     await sink.first_data.wait()
     task.cancel()
     async with asyncio.timeout(2):
@@ -506,7 +563,7 @@ async def test_query_string_never_logged(
     faults = Faults(status=503, redirects=1, cut_after=300_000, retry_after="1")
     url = fw.add("fw.bin", DATA, faults=faults, query=SECRET)
     caplog.set_level(logging.DEBUG)
-    assert await fetch(url, sink, sleeps, options=DownloadOptions(idle_timeout=5)) == SIZE
+    assert await fetch(url, sink, sleeps, options=opts(idle_timeout=5)) == SIZE
     fw.set_faults("fw.bin", Faults(status=404, status_times=None))
     with pytest.raises(PermanentDownloadError) as caught:
         await fetch(url, CollectingSink(), sleeps)
@@ -541,9 +598,12 @@ def test_redact_url() -> None:
         {"max_redirects": -1},
         {"max_total_time": 0},
         {"chunk_size": 10},
+        {"allow_http": "yes"},
+        {"max_size": 0},
+        {"max_size": True},
     ],
 )
-def test_bad_options(bad: dict[str, float]) -> None:
+def test_bad_options(bad: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         DownloadOptions(**bad)  # type: ignore[arg-type]
 

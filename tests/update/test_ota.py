@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,120 +19,27 @@ import pytest
 
 import nhlink
 from nhlink import Apply, Ignore, NervesHubLink, Reschedule
+from nhlink.config import LinkConfig
 from nhlink.testing import FakeHub
 from nhlink.testing.firmware import Faults, FirmwareServer
 from nhlink.update.download import DownloadOptions
+from nhlink.update.manager import UpdatePolicy
+from nhlink.update.writer import FwupWriter
 from nhlink.update.writers import FileWriter
+from tests.support import (
+    META,
+    NEW_META,
+    MiB,
+    Recorder,
+    device_options,
+    image,
+    ota_options,
+    push,
+    statuses,
+    wait_status,
+)
 
-KEY = "nhp_otatestkey000000000000000000000000000000000"
-SECRET = "ota-secret-0123456789abcdefghijklmnopqrstuvwx"
-META = {
-    "uuid": "11111111-1111-1111-1111-111111111111",
-    "product": "gw",
-    "architecture": "x86_64",
-    "platform": "test",
-    "version": "1.0.0",
-}
-NEW_META = {**META, "uuid": "22222222-2222-2222-2222-222222222222", "version": "1.1.0"}
-MiB = 1024 * 1024
-FAST_DOWNLOADS = DownloadOptions(retry_delay=0.01, retry_delay_max=0.05, idle_timeout=10.0)
-
-
-def image(size: int, seed: int = 1) -> bytes:
-    out = bytearray()
-    block = hashlib.sha256(str(seed).encode()).digest()
-    while len(out) < size:
-        block = hashlib.sha256(block).digest()
-        out += block * 64
-    return bytes(out[:size])
-
-
-def parts(data: bytes) -> list[str]:
-    return [hashlib.sha256(data[i : i + MiB]).hexdigest().upper() for i in range(0, len(data), MiB)]
-
-
-@pytest.fixture
-async def hub() -> AsyncIterator[FakeHub]:
-    async with FakeHub(shared_secrets={KEY: SECRET}) as h:
-        yield h
-
-
-@pytest.fixture
-async def fw() -> AsyncIterator[FirmwareServer]:
-    async with FirmwareServer() as server:
-        yield server
-
-
-def options(hub: FakeHub, tmp_path: Path, ident: str = "gw-ota", **extra: Any) -> dict[str, Any]:
-    return {
-        "host": "127.0.0.1",
-        "port": hub.port,
-        "ssl": False,
-        "product_key": KEY,
-        "product_secret": SECRET,
-        "identifier": ident,
-        "firmware_meta": META,
-        "name": ident,
-        "state_dir": tmp_path / "state",
-        "backoff_initial": 0.05,
-        "backoff_max": 0.2,
-        **extra,
-    }
-
-
-class Recorder(nhlink.Client):
-    def __init__(self, decisions: list[Any] | None = None) -> None:
-        self.decisions = list(decisions or [])
-        self.asked: list[Mapping[str, Any]] = []
-        self.progress: list[int] = []
-        self.errors: list[BaseException] = []
-        self.failed = asyncio.Event()
-
-    def update_available(self, firmware_meta: Mapping[str, Any]) -> Any:
-        self.asked.append(firmware_meta)
-        return self.decisions.pop(0) if self.decisions else Apply()
-
-    def fwup_progress(self, percent: int) -> None:
-        self.progress.append(percent)
-
-    def fwup_error(self, error: BaseException) -> None:
-        self.errors.append(error)
-        self.failed.set()
-
-
-def statuses(hub: FakeHub, ident: str = "gw-ota") -> list[str]:
-    return [m.payload["status"] for m in hub.devices[ident].messages_for("device", "status_update")]
-
-
-async def wait_status(hub: FakeHub, status: str, ident: str = "gw-ota", timeout: float = 10) -> Any:
-    msg = await hub.wait_for_message(
-        ident,
-        topic="device",
-        event="status_update",
-        predicate=lambda m: m.payload.get("status") == status,
-        timeout=timeout,
-    )
-    return msg.payload
-
-
-async def push(
-    hub: FakeHub,
-    url: str,
-    data: bytes,
-    *,
-    checksum: str | None = "auto",
-    with_parts: bool = True,
-    meta: Mapping[str, Any] = NEW_META,
-    ident: str = "gw-ota",
-) -> None:
-    await hub.push_update(
-        ident,
-        firmware_url=url,
-        size=len(data),
-        checksum=hashlib.sha256(data).hexdigest() if checksum == "auto" else checksum,
-        partials_checksums=parts(data) if with_parts else None,
-        firmware_meta=dict(meta),
-    )
+options = ota_options
 
 
 async def test_happy_path_every_status_in_order(
@@ -149,7 +57,7 @@ async def test_happy_path_every_status_in_order(
     assert statuses(hub) == ["received", "started", "downloading", "updating", "completed"]
     assert target.read_bytes() == data
     assert client.asked[0]["uuid"] == NEW_META["uuid"]
-    progress = hub.devices["gw-ota"].messages_for("device", "fwup_progress")
+    progress = hub.devices["gw-0001"].messages_for("device", "fwup_progress")
     values = [m.payload["value"] for m in progress]
     assert values == sorted(values) and values[-1] == 100
     assert {m.payload["stage"] for m in progress} == {"downloading", "updating"}
@@ -261,11 +169,11 @@ async def test_missing_checksum_refused_unless_allowed(
     assert fw.requests_for("fw.bin") == []
     async with NervesHubLink(
         fwup_writer=FileWriter(tmp_path / "f.img"),
-        **options(hub, tmp_path, "gw-ota2", allow_unverified_firmware=True),
+        **options(hub, tmp_path, "gw-0002", allow_unverified_firmware=True),
     ):
-        await hub.wait_for_device("gw-ota2")
-        await push(hub, url, data, checksum=None, with_parts=False, ident="gw-ota2")
-        await wait_status(hub, "completed", "gw-ota2")
+        await hub.wait_for_device("gw-0002")
+        await push(hub, url, data, checksum=None, with_parts=False, ident="gw-0002")
+        await wait_status(hub, "completed", "gw-0002")
     assert (tmp_path / "f.img").read_bytes() == data
 
 
@@ -275,9 +183,7 @@ async def test_cut_mid_download_resumes_without_refetching(
     data = image(6 * MiB)
     url = fw.add("fw.bin", data, faults=Faults(cut_after=2 * MiB + 100, cut_times=2))
     target = tmp_path / "f.img"
-    async with NervesHubLink(
-        fwup_writer=FileWriter(target), download_options=FAST_DOWNLOADS, **options(hub, tmp_path)
-    ) as link:
+    async with NervesHubLink(fwup_writer=FileWriter(target), **options(hub, tmp_path)) as link:
         await link.wait_joined(5)
         await push(hub, url, data)
         await wait_status(hub, "completed")
@@ -296,9 +202,7 @@ async def test_server_ignoring_range_restarts(
     data = image(3 * MiB)
     url = fw.add("fw.bin", data, faults=Faults(cut_after=MiB, ignore_range=True))
     target = tmp_path / "f.img"
-    async with NervesHubLink(
-        fwup_writer=FileWriter(target), download_options=FAST_DOWNLOADS, **options(hub, tmp_path)
-    ) as link:
+    async with NervesHubLink(fwup_writer=FileWriter(target), **options(hub, tmp_path)) as link:
         await link.wait_joined(5)
         await push(hub, url, data)
         await wait_status(hub, "completed")
@@ -310,7 +214,6 @@ async def test_404_fails_fast(hub: FakeHub, fw: FirmwareServer, tmp_path: Path) 
     url = fw.add("fw.bin", data, faults=Faults(status=404, status_times=None))
     async with NervesHubLink(
         fwup_writer=FileWriter(tmp_path / "f.img"),
-        download_options=FAST_DOWNLOADS,
         **options(hub, tmp_path),
     ) as link:
         await link.wait_joined(5)
@@ -326,7 +229,6 @@ async def test_503_retried(hub: FakeHub, fw: FirmwareServer, tmp_path: Path) -> 
     url = fw.add("fw.bin", data, faults=Faults(status=503, status_times=2))
     async with NervesHubLink(
         fwup_writer=FileWriter(tmp_path / "f.img"),
-        download_options=FAST_DOWNLOADS,
         **options(hub, tmp_path),
     ) as link:
         await link.wait_joined(5)
@@ -403,9 +305,138 @@ async def test_second_update_during_download_ignored(
         await push(hub, url, data)
         await wait_status(hub, "downloading")
         await push(hub, url, data)  # the server re-sends: must not start a second download
+        # ... and garbage while it runs is dropped too: the server hears nothing about it.
+        assert await hub.push("gw-0001", "device", "update", {"firmware_url": 5})
+        assert await hub.push("gw-0001", "device", "update", "not even an object")
         await wait_status(hub, "completed")
-    assert statuses(hub).count("received") == 1
+    assert statuses(hub) == ["received", "started", "downloading", "updating", "completed"]
     assert len(fw.requests_for("fw.bin")) == 1
+
+
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        ({"update_available": True, "firmware_meta": NEW_META, "size": 3}, "no firmware_url"),
+        (
+            {"firmware_url": "https://127.0.0.1:1/fw", "firmware_meta": {**NEW_META, "uuid": 7}},
+            "uuid",
+        ),
+        ({"firmware_url": "https://127.0.0.1:1/fw", "firmware_meta": {"product": "x"}}, "uuid"),
+    ],
+)
+async def test_malformed_update_is_reported_when_idle(
+    hub: FakeHub, tmp_path: Path, payload: dict[str, Any], words: str
+) -> None:
+    writer = FileWriter(tmp_path / "f.img")
+    async with NervesHubLink(fwup_writer=writer, **options(hub, tmp_path)) as link:
+        await link.wait_joined(5)
+        assert await hub.push("gw-0001", "device", "update", payload)
+        failed = await wait_status(hub, "failed")
+        assert link.status.joined
+    assert failed["reason"].startswith("unusable update message")
+    assert words in failed["reason"]
+
+
+async def test_reschedule_has_a_floor(hub: FakeHub, fw: FirmwareServer, tmp_path: Path) -> None:
+    # Reschedule(0) would re-ask (and report "rescheduled") in a tight loop: raised to the floor.
+    data = image(1000)
+    client = Recorder([Reschedule(0), ("reschedule", 0), Apply()])
+    opts = options(hub, tmp_path, min_reschedule_delay=0.2)
+    async with NervesHubLink(client=client, fwup_writer=FileWriter(tmp_path / "f.img"), **opts):
+        await hub.wait_for_device("gw-0001")
+        await push(hub, fw.add("fw.bin", data), data)
+        await wait_status(hub, "completed")
+    messages = hub.devices["gw-0001"].messages_for("device", "status_update")
+    rescheduled = [m for m in messages if m.payload["status"] == "rescheduled"]
+    assert [m.payload["delay_for"] for m in rescheduled] == [200, 200]
+    received = [m.monotonic for m in messages if m.payload["status"] == "received"]
+    assert len(received) == 3
+    assert all(b - a >= 0.2 for a, b in itertools.pairwise(received))
+    assert statuses(hub).count("rescheduled") == 2
+
+
+def test_reschedule_floor_default() -> None:
+    assert UpdatePolicy().min_reschedule_ms == 60_000
+    assert (
+        LinkConfig.build(
+            host="h", product_key="k", product_secret="s", identifier="i", firmware_meta=META
+        ).min_reschedule_delay
+        == 60.0
+    )
+
+
+async def test_plain_http_firmware_refused_by_default(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path
+) -> None:
+    data = image(1000)
+    writer = FileWriter(tmp_path / "f.img")
+    opts = options(hub, tmp_path, download_options=DownloadOptions())
+    async with NervesHubLink(fwup_writer=writer, **opts) as link:
+        await link.wait_joined(5)
+        await push(hub, fw.add("fw.bin", data), data)
+        failed = await wait_status(hub, "failed")
+    assert "plain http" in failed["reason"]
+    assert fw.requests == []
+
+
+# -- the seed's writer shapes (PROTOCOL.md §14.4) --------------------------------------------------
+
+
+class SeedWriter(FwupWriter):
+    """Written against the Elixir client: ``fwup_begin(size, meta)``, no offset."""
+
+    def __init__(self) -> None:
+        self.image = bytearray()
+        self.done = False
+
+    def fwup_begin(self, size, firmware_meta):  # type: ignore[no-untyped-def, override]
+        self.image.clear()
+
+    def fwup_chunk(self, data: bytes | memoryview) -> None:
+        self.image += data
+
+    def fwup_finish(self) -> None:
+        self.done = True
+
+
+class FirmwareWriterShape:
+    """No base class, the Elixir client's renamed callbacks (``firmware_*``), async ones too."""
+
+    def __init__(self) -> None:
+        self.image = bytearray()
+        self.calls: list[str] = []
+
+    def firmware_begin(self, size: int, firmware_meta: Mapping[str, Any]) -> None:
+        self.calls.append(f"begin {size}")
+
+    async def firmware_chunk(self, data: bytes | memoryview) -> None:
+        self.image += data
+
+    def firmware_finish(self) -> None:
+        self.calls.append("finish")
+
+    def firmware_abort(self) -> None:
+        self.calls.append("abort")
+
+
+@pytest.mark.parametrize("shape", ["seed-signature", "firmware-names"])
+async def test_seed_writer_shapes(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path, shape: str
+) -> None:
+    data = image(2 * MiB + 7)
+    writer: Any = SeedWriter() if shape == "seed-signature" else FirmwareWriterShape()
+    async with NervesHubLink(fwup_writer=writer, **options(hub, tmp_path)) as link:
+        await link.wait_joined(5)
+        await push(hub, fw.add("fw.bin", data), data)
+        await wait_status(hub, "completed")
+    assert writer.image == data
+    if shape == "firmware-names":
+        assert writer.calls == [f"begin {len(data)}", "finish"]
+
+
+def test_not_a_writer_is_a_config_error(hub: FakeHub, tmp_path: Path) -> None:
+    with pytest.raises(nhlink.ConfigError, match="firmware_chunk"):
+        NervesHubLink(fwup_writer=object(), **options(hub, tmp_path))
 
 
 async def test_download_survives_socket_reconnect(
@@ -418,7 +449,7 @@ async def test_download_survives_socket_reconnect(
         await link.wait_joined(5)
         await push(hub, url, data)
         await wait_status(hub, "downloading")
-        await hub.disconnect("gw-ota", code=1012)
+        await hub.disconnect("gw-0001", code=1012)
         await wait_status(hub, "completed", timeout=15)
     assert target.read_bytes() == data
     assert len(fw.requests_for("fw.bin")) == 1
@@ -434,7 +465,7 @@ async def test_validation_after_update_and_reboot(
         await link.confirm_update()  # the running 1.0.0 is good
         await push(hub, fw.add("fw.bin", data), data)
         await wait_status(hub, "completed")
-    record = hub.devices["gw-ota"]
+    record = hub.devices["gw-0001"]
     # "Reboot" into the new firmware: it starts unvalidated until the application confirms.
     async with NervesHubLink(
         fwup_writer=writer, **options(hub, tmp_path, firmware_meta=NEW_META)
@@ -445,7 +476,7 @@ async def test_validation_after_update_and_reboot(
         assert record.join_params["meta"]["firmware_validated"] is False
         await link.confirm_update()
         await hub.wait_for_message(
-            "gw-ota",
+            "gw-0001",
             topic="device",
             event="firmware_validated",
             predicate=lambda m: m.connection == record.connections,  # this boot's message
@@ -459,11 +490,20 @@ async def test_validation_after_update_and_reboot(
 DEVICE_SCRIPT = """
 import asyncio, json, sys
 import nhlink
+from nhlink.update.download import DownloadOptions
+from nhlink.config import LinkConfig
+from nhlink.update.download import DownloadOptions
+from nhlink.update.manager import UpdatePolicy
+from nhlink.update.writer import FwupWriter
 from nhlink.update.writers import FileWriter
 
 opts = json.loads(sys.argv[1])
 async def main():
-    link = nhlink.NervesHubLink(fwup_writer=FileWriter(opts.pop("target")), **opts)
+    link = nhlink.NervesHubLink(
+        fwup_writer=FileWriter(opts.pop("target")),
+        download_options=DownloadOptions(allow_http=True, retry_delay=0.01, retry_delay_max=0.05),
+        **opts,
+    )
     await link.start()
     await asyncio.Event().wait()
 asyncio.run(main())
@@ -477,17 +517,17 @@ async def test_process_killed_mid_download_resumes_from_state_file(
     url = fw.add("fw.bin", data, faults=Faults(stall_after=3 * MiB + 1000, stall_for=60))
     target = tmp_path / "slot.img"
     # Frequent heartbeats: every one wakes hub.wait_for, which re-reads the state file below.
-    opts = options(hub, tmp_path, heartbeat_interval=0.05)
+    opts = device_options(hub, "gw-0001", tmp_path, heartbeat_interval=0.05)
     opts["state_dir"] = str(opts["state_dir"])
     proc = subprocess.Popen(  # noqa: ASYNC220 - a real device process, killed below
         [sys.executable, "-c", DEVICE_SCRIPT, json.dumps({**opts, "target": str(target)})],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        await hub.wait_for_device("gw-ota", timeout=15)
+        await hub.wait_for_device("gw-0001", timeout=15)
         await push(hub, url, data)
         # Wait until the device verified 3 parts and persisted the resume point, then kill -9.
-        state_file = Path(opts["state_dir"]) / "gw-ota.json"
+        state_file = Path(opts["state_dir"]) / "gw-0001.json"
 
         def resume_point() -> int:
             try:
@@ -499,10 +539,10 @@ async def test_process_killed_mid_download_resumes_from_state_file(
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-    await hub.wait_for_disconnect("gw-ota", timeout=10)
+    await hub.wait_for_disconnect("gw-0001", timeout=10)
     fw.set_faults("fw.bin", Faults())
     async with NervesHubLink(fwup_writer=FileWriter(target), **options(hub, tmp_path)):
-        record = await hub.wait_for_device("gw-ota")
+        record = await hub.wait_for_device("gw-0001")
         assert record.join_params is not None
         assert record.join_params["currently_downloading_uuid"] == NEW_META["uuid"]
         await push(hub, url, data)
@@ -522,7 +562,7 @@ async def test_progress_without_size_uses_content_length(
     ) as link:
         await link.wait_joined(5)
         await hub.push_update(
-            "gw-ota",
+            "gw-0001",
             firmware_url=fw.add("fw.bin", data),
             size=None,
             checksum=hashlib.sha256(data).hexdigest(),
@@ -532,7 +572,7 @@ async def test_progress_without_size_uses_content_length(
         await wait_status(hub, "completed")
     downloading = [
         m.payload["value"]
-        for m in hub.devices["gw-ota"].messages_for("device", "fwup_progress")
+        for m in hub.devices["gw-0001"].messages_for("device", "fwup_progress")
         if m.payload["stage"] == "downloading"
     ]
     assert downloading and downloading[-1] == 100

@@ -22,27 +22,40 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nhlink.testing import FakeHub
-from nhlink.testing.firmware import FirmwareServer
+from tests.support import (
+    META,
+    NEW_META,
+    MiB,
+    image,
+    ota_options,
+    parts,
+    progress_values,
+    push,
+    statuses,
+    tamper,
+    wait_status,
+)
 
-KEY = "nhp_updaterstestkey0000000000000000000000000000"
-SECRET = "updaters-secret-0123456789abcdefghijklmnopqrs"
-META = {
-    "uuid": "aaaaaaaa-1111-1111-1111-111111111111",
-    "product": "gw",
-    "architecture": "x86_64",
-    "platform": "test",
-    "version": "1.0.0",
-}
-NEW_META = {**META, "uuid": "bbbbbbbb-2222-2222-2222-222222222222", "version": "1.1.0"}
-MiB = 1024 * 1024
+__all__ = [
+    "META",
+    "NEW_META",
+    "MiB",
+    "image",
+    "parts",
+    "progress_values",
+    "push",
+    "statuses",
+    "tamper",
+    "wait_status",
+]
+
 SLOT_SIZE = 4 * MiB
 COMPATIBLE = "nhlink-test-gw"
 HW_BOARD, HW_REV = "nhlink-board", "1.0"
@@ -76,22 +89,6 @@ def swupdate_unavailable() -> str | None:
 
 
 # -- helpers --------------------------------------------------------------------------------------
-
-
-def image(size: int, seed: int = 7) -> bytes:
-    """Deterministic, incompressible test firmware (squashfs would shrink a repetitive one)."""
-    return hashlib.shake_256(str(seed).encode()).digest(size)
-
-
-def parts(data: bytes) -> list[str]:
-    return [hashlib.sha256(data[i : i + MiB]).hexdigest().upper() for i in range(0, len(data), MiB)]
-
-
-def tamper(data: bytes, at: int) -> bytes:
-    """One byte flipped at ``at`` (negative: from the end)."""
-    buf = bytearray(data)
-    buf[at] ^= 0xFF
-    return bytes(buf)
 
 
 def run(argv: list[str], cwd: Path | None = None, **kw: Any) -> subprocess.CompletedProcess[bytes]:
@@ -516,8 +513,12 @@ class SwupdateSystem:
         signer: Signer | None = None,
         hw_rev: str = HW_REV,
         tamper_image_at: int | None = None,
+        installed_directly: bool = True,
     ) -> bytes:
-        """A signed .swu: ``rootfs.img`` streamed into slot B (copy2), then ``flip.sh``."""
+        """A signed .swu: ``rootfs.img`` streamed into slot B (copy2), then ``flip.sh``.
+
+        ``installed_directly=False``: SWUpdate copies the image to its TMPDIR first and installs
+        only once the whole .swu arrived and checked out (its default)."""
         signer = signer or self.pki.good
         work = Path(tempfile.mkdtemp(dir=self.root))
         (work / "rootfs.img").write_bytes(payload)
@@ -528,7 +529,8 @@ class SwupdateSystem:
         def images(slot: str, scripts: bool) -> str:
             text = (
                 f'images: ( {{ filename = "rootfs.img"; device = "{self.slots[slot]}"; '
-                f'type = "raw"; sha256 = "{sha_img}"; installed-directly = true; }} );'
+                f'type = "raw"; sha256 = "{sha_img}"; '
+                f"installed-directly = {'true' if installed_directly else 'false'}; }} );"
             )
             if scripts:
                 text += (
@@ -593,71 +595,7 @@ def swupdate_system(pki: Pki) -> Iterator[SwupdateSystem]:
 # -- hub ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def hub() -> AsyncIterator[FakeHub]:
-    async with FakeHub(shared_secrets={KEY: SECRET}) as h:
-        yield h
-
-
-@pytest.fixture
-async def fw() -> AsyncIterator[FirmwareServer]:
-    async with FirmwareServer() as server:
-        yield server
-
-
-def link_options(
-    hub: FakeHub, tmp_path: Path, ident: str = "gw-ab", **extra: Any
-) -> dict[str, Any]:
-    return {
-        "host": "127.0.0.1",
-        "port": hub.port,
-        "ssl": False,
-        "product_key": KEY,
-        "product_secret": SECRET,
-        "identifier": ident,
-        "firmware_meta": META,
-        "name": ident,
-        "state_dir": tmp_path / "state",
-        "backoff_initial": 0.05,
-        "backoff_max": 0.2,
-        **extra,
-    }
-
-
-async def push(hub: FakeHub, url: str, data: bytes, ident: str = "gw-ab") -> None:
-    await hub.push_update(
-        ident,
-        firmware_url=url,
-        size=len(data),
-        checksum=hashlib.sha256(data).hexdigest(),
-        partials_checksums=parts(data),
-        firmware_meta=dict(NEW_META),
-    )
-
-
-async def wait_status(hub: FakeHub, status: str, ident: str = "gw-ab", timeout: float = 30) -> Any:
-    msg = await hub.wait_for_message(
-        ident,
-        topic="device",
-        event="status_update",
-        predicate=lambda m: m.payload.get("status") in (status, "failed", "completed"),
-        timeout=timeout,
-    )
-    assert msg.payload["status"] == status, msg.payload
-    return msg.payload
-
-
-def statuses(hub: FakeHub, ident: str = "gw-ab") -> list[str]:
-    return [m.payload["status"] for m in hub.devices[ident].messages_for("device", "status_update")]
-
-
-def progress_values(hub: FakeHub, stage: str, ident: str = "gw-ab") -> list[int]:
-    """The ``fwup_progress`` values the device reported for ``stage``."""
-    return [
-        m.payload["value"]
-        for m in hub.devices[ident].messages_for("device", "fwup_progress")
-        if m.payload.get("stage") == stage
-    ]
+link_options = ota_options
 
 
 async def in_thread(fn: Any, *args: Any) -> Any:

@@ -3,6 +3,8 @@ bootloader backend that records every call. End to end from an ``update`` pushed
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,6 @@ import pytest
 from nhlink import NervesHubLink, WriterError
 from nhlink.testing import FakeHub
 from nhlink.testing.firmware import Faults, FirmwareServer
-from nhlink.update.download import DownloadOptions
 from nhlink.update.writers import RaucWriter
 from nhlink.update.writers.rauc import RaucSlotState
 
@@ -28,8 +29,6 @@ from .conftest import (
     tamper,
     wait_status,
 )
-
-FAST_DOWNLOADS = DownloadOptions(retry_delay=0.01, retry_delay_max=0.05, idle_timeout=10.0)
 
 
 def writer_for(system: RaucSystem, **extra: Any) -> RaucWriter:
@@ -53,14 +52,14 @@ async def test_good_install_then_reboot_and_confirm(
     writer = writer_for(rauc_system)
     async with NervesHubLink(fwup_writer=writer, **link_options(hub, tmp_path)) as link:
         await link.wait_joined(5)
-        params = hub.devices["gw-ab"].join_params
+        params = hub.devices["gw-0001"].join_params
         assert params is not None and params["meta"]["firmware_auto_revert_detected"] is False
         await push(hub, fw.add("update.raucb", bundle), bundle)
         await wait_status(hub, "completed")
         # RAUC now names B as last activated while A runs: a pending reboot, not a fallback,
         # also when the socket reconnects before the reboot.
-        record = hub.devices["gw-ab"]
-        await hub.disconnect("gw-ab", code=1012)
+        record = hub.devices["gw-0001"]
+        await hub.disconnect("gw-0001", code=1012)
         await hub.wait_for(lambda: record.joins >= 2)
         assert record.join_params is not None
         assert record.join_params["meta"]["firmware_auto_revert_detected"] is False
@@ -90,7 +89,7 @@ async def test_good_install_then_reboot_and_confirm(
         assert meta["firmware_auto_revert_detected"] is False
         await link.confirm_update()
         await hub.wait_for_message(
-            "gw-ab", topic="device", event="firmware_validated", new_only=False
+            "gw-0001", topic="device", event="firmware_validated", new_only=False
         )
     assert rauc_system.changes()[-1] == "set-state B good"
     writer = writer_for(rauc_system)
@@ -119,7 +118,7 @@ async def test_fallback_after_reboot_is_reported(
     state = await writer.refresh_slot_state()
     assert state is not None
     assert (state.booted, state.last_activated, state.fell_back) == ("rootfs.0", "rootfs.1", True)
-    record = hub.devices["gw-ab"]
+    record = hub.devices["gw-0001"]
     async with NervesHubLink(fwup_writer=writer, **link_options(hub, tmp_path)):
         await hub.wait_for(lambda: record.joins >= 2)
         assert record.join_params is not None
@@ -173,7 +172,6 @@ async def test_download_cut_and_resumed_installs_once(
     url = fw.add("update.raucb", bundle, faults=Faults(cut_after=MiB + 100, cut_times=1))
     async with NervesHubLink(
         fwup_writer=writer_for(rauc_system),
-        download_options=FAST_DOWNLOADS,
         **link_options(hub, tmp_path),
     ) as link:
         await link.wait_joined(5)
@@ -277,3 +275,75 @@ def test_skip_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert "missing rauc" in (rauc_unavailable() or "")
     assert "missing swupdate" in (swupdate_unavailable() or "")
+
+
+# -- the spool file: private, exclusive, never through a link, the bytes that were verified ------
+
+
+def test_spool_lives_in_a_private_directory(tmp_path: Path) -> None:
+    tmp_path.chmod(0o1777)  # a world-writable spool_dir such as /var/tmp
+    writer = RaucWriter(spool_dir=tmp_path, rauc="/nonexistent/rauc")
+    writer.fwup_begin(10, {})
+    private = writer.spool_path.parent
+    assert private.parent == tmp_path
+    st = os.lstat(private)
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
+    assert st.st_uid == os.geteuid()
+    assert stat.S_IMODE(os.stat(writer.spool_path).st_mode) == 0o600
+    writer.fwup_abort()
+    assert not writer.spool_path.exists()
+
+
+def test_planted_links_are_never_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    # Another user's "private" directory, or a link to somewhere else: not used.
+    wanted = spool_dir / f"nhlink-rauc-{os.geteuid()}"
+    wanted.symlink_to(tmp_path)
+    writer = RaucWriter(spool_dir=spool_dir, rauc="/nonexistent/rauc")
+    writer.fwup_begin(10, {})
+    writer.fwup_chunk(b"bundle")
+    assert writer.spool_path.parent != wanted
+    assert writer.spool_path.parent.parent == spool_dir
+    assert stat.S_IMODE(os.lstat(writer.spool_path.parent).st_mode) == 0o700
+    writer.fwup_abort()
+    # A link planted as the spool file itself: a fresh spool replaces the link (the target
+    # is never opened), a resume refuses it.
+    writer = RaucWriter(spool_dir=tmp_path / "spool2", rauc="/nonexistent/rauc")
+    writer.fwup_begin(10, {})
+    writer._close()
+    writer.spool_path.unlink()
+    writer.spool_path.symlink_to(victim)
+    with pytest.raises(WriterError, match="spool file"):
+        writer.fwup_begin(10, {}, offset=4)
+    writer.fwup_begin(10, {})
+    writer.fwup_chunk(b"bundle")
+    writer._close()
+    assert not writer.spool_path.is_symlink()
+    assert victim.read_bytes() == b"precious"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_someone_elses_directory_is_not_used(tmp_path: Path) -> None:
+    wanted = tmp_path / f"nhlink-rauc-{os.geteuid()}"
+    wanted.mkdir(mode=0o700)
+    os.chown(wanted, 65534, 65534)  # nobody's
+    writer = RaucWriter(spool_dir=tmp_path, rauc="/nonexistent/rauc")
+    writer.fwup_begin(10, {})
+    assert writer.spool_path.parent != wanted
+    writer.fwup_abort()
+
+
+async def test_a_swapped_spool_file_is_not_installed(tmp_path: Path) -> None:
+    writer = RaucWriter(spool_dir=tmp_path, rauc="/nonexistent/rauc", check_bundle=False)
+    writer.fwup_begin(6, {})
+    writer.fwup_chunk(b"bundle")
+    path = writer.spool_path
+    replacement = path.with_name("other")
+    replacement.write_bytes(b"evil!!")
+    os.replace(replacement, path)  # after the verified bytes were written
+    with pytest.raises(WriterError, match="replaced or changed"):
+        await writer.fwup_finish()
+    assert not path.exists()

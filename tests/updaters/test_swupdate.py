@@ -12,7 +12,6 @@ import pytest
 from nhlink import NervesHubLink, WriterError
 from nhlink.testing import FakeHub
 from nhlink.testing.firmware import Faults, FirmwareServer
-from nhlink.update.download import DownloadOptions
 from nhlink.update.writers import SwupdateWriter
 from nhlink.update.writers.swupdate import IPC_MESSAGE_SIZE, PROGRESS_MESSAGE_SIZE
 
@@ -27,8 +26,6 @@ from .conftest import (
     statuses,
     wait_status,
 )
-
-FAST_DOWNLOADS = DownloadOptions(retry_delay=0.01, retry_delay_max=0.05, idle_timeout=10.0)
 
 
 def writer_for(system: SwupdateSystem, **extra: Any) -> SwupdateWriter:
@@ -106,7 +103,6 @@ async def test_download_cut_and_resumed_installs_once(
     url = fw.add("update.swu", swu, faults=Faults(cut_after=MiB + 100, cut_times=1))
     async with NervesHubLink(
         fwup_writer=writer_for(swupdate_system),
-        download_options=FAST_DOWNLOADS,
         **link_options(hub, tmp_path),
     ) as link:
         await link.wait_joined(5)
@@ -160,3 +156,72 @@ async def test_confirm_command(tmp_path: Path) -> None:
     failing = SwupdateWriter(socket_dir=tmp_path, confirm_command=["sh", "-c", "exit 3"])
     with pytest.raises(WriterError, match="status 3"):
         await failing.fwup_confirm()
+
+
+# -- the verification gate with the real daemon ----------------------------------------------------
+
+
+class SpySwupdateWriter(SwupdateWriter):
+    """Records every byte SWUpdate was given."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.received = bytearray()
+
+    async def fwup_chunk(self, data: bytes | memoryview) -> None:
+        self.received += data
+        await super().fwup_chunk(data)
+
+
+@pytest.mark.parametrize("installed_directly", [False, True])
+async def test_wrong_checksum_without_parts_is_never_installed(
+    swupdate_system: SwupdateSystem,
+    hub: FakeHub,
+    fw: FirmwareServer,
+    tmp_path: Path,
+    installed_directly: bool,
+) -> None:
+    # PROTOCOL.md §7.1 allows no partials_checksums: only the whole-file checksum vouches for
+    # the image, so the end of the stream is held back until it matched. SWUpdate sees an
+    # incomplete .swu and installs nothing (today's code handed it everything first).
+    payload = image(3 * MiB, seed=15)
+    swu = await in_thread(
+        lambda: swupdate_system.swu(payload, installed_directly=installed_directly)
+    )
+    writer = SpySwupdateWriter(socket_dir=swupdate_system.run_dir, selection="stable,copy2")
+    async with NervesHubLink(fwup_writer=writer, **link_options(hub, tmp_path)) as link:
+        await link.wait_joined(5)
+        await push(hub, fw.add("update.swu", swu), swu, checksum="EE" * 32, with_parts=False)
+        failed = await wait_status(hub, "failed")
+    assert "SHA-256 mismatch" in failed["reason"]
+    assert swu.startswith(bytes(writer.received)) and len(writer.received) < len(swu)
+    assert swupdate_system.boot_changes() == []
+    assert swupdate_system.slots["A"].read_bytes() == swupdate_system.slot_a_content
+    slot_b = swupdate_system.slots["B"].read_bytes()
+    if installed_directly:
+        # Streamed into the inactive slot as it arrived, but never completed nor activated.
+        assert slot_b[: len(payload)] != payload
+    else:
+        assert set(slot_b) == {0}  # untouched
+
+
+@pytest.mark.parametrize("bad_part", [0, 2])
+async def test_a_corrupted_part_never_reaches_swupdate(
+    swupdate_system: SwupdateSystem,
+    hub: FakeHub,
+    fw: FirmwareServer,
+    tmp_path: Path,
+    bad_part: int,
+) -> None:
+    payload = image(3 * MiB, seed=16)
+    swu = await in_thread(swupdate_system.swu, payload)
+    url = fw.add("update.swu", swu, faults=Faults(corrupt_at=bad_part * MiB + 4096))
+    writer = SpySwupdateWriter(socket_dir=swupdate_system.run_dir, selection="stable,copy2")
+    async with NervesHubLink(fwup_writer=writer, **link_options(hub, tmp_path)) as link:
+        await link.wait_joined(5)
+        await push(hub, url, swu)
+        failed = await wait_status(hub, "failed")
+    assert f"part {bad_part}" in failed["reason"]
+    assert bytes(writer.received) == swu[: bad_part * MiB]  # never a byte of the bad part
+    assert swupdate_system.boot_changes() == []
+    assert swupdate_system.slots["A"].read_bytes() == swupdate_system.slot_a_content

@@ -4,6 +4,7 @@
 cimport cython
 
 cdef int _OPEN, _FLUSHED, _FAILED
+cdef int _GATE_NONE, _GATE_PARTS, _GATE_WHOLE
 cdef Py_ssize_t _HASH_ON_ARRIVAL
 
 
@@ -32,6 +33,11 @@ cdef class StreamingDigest:
     cdef long long _part_fill
     cdef list _part_digests
     cdef long long _verified_offset
+    cdef object _checksum
+    cdef int _gate
+    cdef list _held
+    cdef long long _held_bytes
+    cdef long long _released
 
     cdef void _start(self, long long offset) except *
 
@@ -63,7 +69,12 @@ cdef class StreamingDigest:
 
     cdef void _hash(self, object data) except *
 
+    @cython.locals(gate=int, part_done=bint)
     cdef void _block_done(self, object block, list blocks) except *
+
+    cdef void _release(self, list blocks) except *
+
+    cdef void _fail(self)
 
     @cython.locals(limit=cython.longlong)
     cdef void _too_long(self) except *

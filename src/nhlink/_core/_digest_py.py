@@ -13,7 +13,23 @@ What one :class:`StreamingDigest` does, per firmware download:
   call per 64 KiB instead of one per chunk), bigger ones as they arrive, while they are still in
   the CPU cache (see ``_HASH_ON_ARRIVAL``);
 * optionally hashes each ``part_size`` part (NervesHub's 1 MiB ``partials_checksums``) and checks
-  it the moment the part completes, so a resumed download can restart at the last verified part.
+  it the moment the part completes, so a resumed download can restart at the last verified part;
+* **gates** the blocks: a block is returned to the caller (the firmware writer) only once it can
+  no longer fail verification, where verification is possible (see "The gate" below).
+
+The gate (ARCHITECTURE.md "the verification gate lives between the digest and the writer"):
+
+* with ``part_checksums``: the blocks of a part are held until that part's SHA-256 matched, then
+  returned together, so the writer lags by at most one part. When a whole-file ``checksum`` is
+  given too, the last part is held until :meth:`~StreamingDigest.flush` has checked the
+  whole-file digest;
+* with only a whole-file ``checksum``: the newest block is always held back, and released by
+  :meth:`~StreamingDigest.flush` after the whole-file digest matched. A streaming installer
+  (SWUpdate, ``fwup -a``) therefore never sees a complete stream that failed verification;
+* with neither, there is nothing to verify and blocks are returned as they complete.
+
+A failure (a part or the whole file does not match) drops every held block: they are never
+returned.
 
 Copies (firmware can be large; ARCHITECTURE.md "bytes discipline"): every byte is copied at most
 once. Immutable chunks (``bytes``, or a read-only view of one) are kept by reference and joined
@@ -33,7 +49,11 @@ Invariants (between calls):
 * ``_part_fill`` is the number of bytes hashed into ``_part``, the current part; a part completes
   exactly at a block boundary (``part_size`` is a multiple of ``block_size`` and ``offset`` a
   multiple of ``part_size``), where it is checked;
-* ``_state`` is ``_OPEN`` until :meth:`flush` (``_FLUSHED``) or a checksum failure (``_FAILED``).
+* ``_state`` is ``_OPEN`` until :meth:`flush` (``_FLUSHED``) or a checksum failure (``_FAILED``);
+* ``_released + _held_bytes + _pending == _total``: every byte fed is either returned to the
+  caller, held by the gate (whole blocks in ``_held``) or pending (the unfinished block);
+* with ``_GATE_PARTS``, ``_released`` is a part boundary no later than ``_verified_offset``,
+  until :meth:`flush` returns the rest.
 
 Counters are Python ints here and ``long long`` when compiled: firmware can exceed 2 GiB, also
 on 32-bit ARM.
@@ -55,6 +75,11 @@ Buffer = bytes | bytearray | memoryview
 _OPEN = 0
 _FLUSHED = 1
 _FAILED = 2
+
+# What the gate waits for before it returns a block (see the module docstring).
+_GATE_NONE = 0  # nothing to verify: blocks go out as they complete
+_GATE_PARTS = 1  # a part's blocks go out once the part matched
+_GATE_WHOLE = 2  # the newest block stays back until the whole-file digest matched
 
 # Pieces at least this long are hashed as they arrive, while they are in the CPU cache; shorter
 # ones are hashed with their block, in one hashlib call. Measured (x86-64, SHA-NI, 64 KiB
@@ -91,12 +116,16 @@ class StreamingDigest:
     ``block_size``: size of the writer blocks :meth:`feed` returns. ``part_size``: the size of
     one ``partials_checksums`` part (1 MiB on NervesHub); a multiple of ``block_size``.
     ``part_checksums``: the expected hex SHA-256 of each part (any case); without them parts
-    are not hashed at all. ``offset``: where this stream starts in the file when resuming; a
-    multiple of ``part_size`` (resume only at a part boundary). With ``offset > 0`` the
-    whole-file digest is not available (``hashlib`` state cannot be restored), only the parts.
+    are not hashed at all. ``checksum``: the expected hex SHA-256 of the whole file (any case),
+    checked by :meth:`flush`. ``offset``: where this stream starts in the file when its prefix
+    is not available; a multiple of ``part_size``. With ``offset > 0`` the whole-file digest
+    cannot be computed (``hashlib`` state cannot be restored), so a ``checksum`` fails at
+    :meth:`flush`: to resume a download, start at 0 and :meth:`absorb` the prefix instead.
 
-    Call :meth:`feed` for every chunk, write the blocks it returns in order, then :meth:`flush`
-    and write the final short block, then :meth:`verify` the whole-file checksum.
+    Call :meth:`feed` for every chunk and write the blocks it returns, in order; at the end of
+    the stream call :meth:`flush`, which verifies and returns the remaining blocks. Only then
+    is the image complete and verified. Every returned block has passed every check that could
+    be made on it (the gate, see the module docstring).
     """
 
     def __init__(
@@ -105,6 +134,7 @@ class StreamingDigest:
         part_size: int = 1048576,
         part_checksums: Sequence[str] | None = None,
         offset: int = 0,
+        checksum: str | None = None,
     ) -> None:
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")
@@ -129,6 +159,15 @@ class StreamingDigest:
                 for index, value in enumerate(part_checksums)
             ]
             self._part_count = len(self._expected)
+        self._checksum: str | None = (
+            _normalize_hex(checksum, "checksum") if checksum is not None else None
+        )
+        if self._expected is not None:
+            self._gate = _GATE_PARTS
+        elif self._checksum is not None:
+            self._gate = _GATE_WHOLE
+        else:
+            self._gate = _GATE_NONE
         self._start(offset)
 
     def _start(self, offset: int) -> None:
@@ -150,6 +189,9 @@ class StreamingDigest:
         self._part_fill = 0
         self._part_digests: list[str] = []
         self._verified_offset = offset
+        self._held: list[Any] = []
+        self._held_bytes = 0
+        self._released = offset
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -294,14 +336,48 @@ class StreamingDigest:
             self._part_fill += len(data)
 
     def _block_done(self, block: bytes | memoryview, blocks: list[bytes | memoryview]) -> None:
-        """A hashed block is complete: check the part it ends, queue it for the writer."""
+        """A hashed block is complete: check the part it ends, then let the gate decide whether
+        it (and the blocks held before it) go to the writer now."""
+        gate = self._gate
+        if gate == _GATE_NONE:
+            blocks.append(block)
+            self._released += len(block)
+            return
+        part_done = False
         if self._part_fill == self._part_size:
-            self._finish_part()
-        blocks.append(block)
+            self._finish_part()  # raises on a mismatch: nothing held is ever returned
+            part_done = True
+        if gate == _GATE_PARTS:
+            self._held.append(block)
+            self._held_bytes += len(block)
+            # A verified part goes out, except the last one while a whole-file checksum is
+            # still to be checked (flush() does that, then returns it).
+            if part_done and (self._checksum is None or self._part_index < self._part_count):
+                self._release(blocks)
+        else:
+            # Only the whole-file digest can vouch for the bytes: keep the newest block back,
+            # so the writer cannot have a complete image before flush() checked it.
+            if self._held:
+                self._release(blocks)
+            self._held.append(block)
+            self._held_bytes += len(block)
+
+    def _release(self, blocks: list[bytes | memoryview]) -> None:
+        """Hand every held block to the caller."""
+        blocks.extend(self._held)
+        self._released += self._held_bytes
+        self._held = []
+        self._held_bytes = 0
+
+    def _fail(self) -> None:
+        """A check failed: drop what is held; the digest refuses more work until reset."""
+        self._state = _FAILED
+        self._held = []
+        self._held_bytes = 0
 
     def _too_long(self) -> None:
         """The stream runs past the last part announced in part_checksums."""
-        self._state = _FAILED
+        self._fail()
         limit = self._part_count * self._part_size
         raise ChecksumMismatch(
             "end of stream",
@@ -322,16 +398,19 @@ class StreamingDigest:
         self._part_fill = 0
         self._part_digests.append(actual)
         if actual != expected:
-            self._state = _FAILED
+            self._fail()
             raise ChecksumMismatch(expected, actual, what=f"part {index}")
         self._verified_offset = end
 
-    def flush(self) -> bytes:
-        """End of stream: hash and return the final short block (possibly ``b""``).
+    def flush(self) -> list[bytes | memoryview]:
+        """End of stream: verify, then return every block not returned yet (held blocks and the
+        final short one; possibly an empty list).
 
-        Completes the last part. Raises :class:`ChecksumMismatch` when it does not match, or
-        when parts announced in ``part_checksums`` never arrived. :meth:`feed` and
-        :meth:`flush` raise ValueError afterwards.
+        Completes and checks the last part and, with a whole-file ``checksum``, the whole-file
+        digest. Raises :class:`ChecksumMismatch` when a part or the whole file does not match,
+        when parts announced in ``part_checksums`` never arrived, or when the whole file cannot
+        be checked (the stream started at ``offset > 0``); nothing held is returned then.
+        :meth:`feed` and :meth:`flush` raise ValueError afterwards.
         """
         if self._state != _OPEN:
             raise ValueError(
@@ -339,7 +418,7 @@ class StreamingDigest:
             )
         tail = self._take_pending()
         if type(tail) is not bytes:
-            tail = bytes(tail)  # a lone private accumulator: flush() promises bytes
+            tail = bytes(tail)  # a lone private accumulator: the caller gets immutable bytes
         if self._whole is not None:
             self._hexdigest = self._whole.hexdigest()
         if self._part is not None:
@@ -347,15 +426,70 @@ class StreamingDigest:
             if self._part_fill:
                 self._finish_part()
             if self._part_index < self._part_count:
-                self._state = _FAILED
+                self._fail()
                 raise ChecksumMismatch(
                     self._expected[self._part_index],
                     _EMPTY_SHA256,
                     what=f"part {self._part_index} (missing: the stream ended at byte "
                     f"{self._total})",
                 )
+        checksum = self._checksum
+        if checksum is not None:
+            if self._whole is None:
+                self._fail()
+                raise ChecksumMismatch(
+                    checksum,
+                    "unknown",
+                    what=f"firmware image (resumed at byte {self._offset} without re-reading "
+                    f"the bytes before it: the whole-file digest cannot be checked)",
+                )
+            if self._hexdigest != checksum:
+                self._fail()
+                raise ChecksumMismatch(checksum, self._hexdigest)
         self._state = _FLUSHED
-        return tail
+        out = self._held
+        if tail:
+            out.append(tail)
+        self._released += self._held_bytes + len(tail)
+        self._held = []
+        self._held_bytes = 0
+        return out
+
+    def absorb(self, data: Buffer, /) -> bool:
+        """Hash one whole part that the writer already holds (the prefix of a resumed image,
+        read back from the writer) as if it had been fed, without returning it.
+
+        Only at a part boundary before any :meth:`feed` of the stream, with ``part_checksums``,
+        and ``data`` must be exactly one part (``part_size`` bytes). Returns True when the part
+        matched its checksum (the stream is then one part further, and the whole-file digest
+        covers it), False when it did not: nothing changes, and the caller restarts the image
+        at this part (:attr:`total`). ValueError when called out of place.
+        """
+        if self._state != _OPEN:
+            raise ValueError("absorb() after flush() or a failure")
+        if self._expected is None:
+            raise ValueError("absorb() needs part_checksums")
+        if self._pending or self._part_fill or self._held_bytes or self._released != self._total:
+            raise ValueError("absorb() only at a part boundary, before feed()")
+        view = _as_byte_view(data)
+        if len(view) != self._part_size:
+            raise ValueError(
+                f"absorb() takes exactly one part ({self._part_size} bytes), got {len(view)}"
+            )
+        index = self._part_index
+        if index >= self._part_count:
+            raise ValueError(f"absorb(): part {index} is beyond the {self._part_count} parts")
+        actual = hashlib.sha256(view).hexdigest()
+        if actual != self._expected[index]:
+            return False
+        if self._whole_update is not None:
+            self._whole_update(view)
+        self._part_digests.append(actual)
+        self._part_index = index + 1
+        self._total += self._part_size
+        self._verified_offset = self._total
+        self._released = self._total
+        return True
 
     def reset(self) -> None:
         """Start over from byte 0 with fresh hashes (the server ignored a Range request)."""
@@ -381,6 +515,17 @@ class StreamingDigest:
         ``part_checksums``.
         """
         return list(self._part_digests)
+
+    @property
+    def released(self) -> int:
+        """End of the bytes returned to the caller so far (a file offset, ``offset`` included):
+        what the writer holds once it wrote every returned block."""
+        return self._released
+
+    @property
+    def held(self) -> int:
+        """Bytes fed but not returned yet (held by the gate, or in the unfinished block)."""
+        return self._total - self._released
 
     @property
     def verified_offset(self) -> int:

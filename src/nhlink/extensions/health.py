@@ -91,9 +91,29 @@ class HealthProvider:
         return {}
 
 
+#: The Elixir client's HealthProvider callback (PROTOCOL.md §14.5): accepted as ``metrics``.
+SEED_METRICS = "health_check"
+
+
 def is_provider(value: object) -> bool:
-    """Whether ``value`` can serve as a provider object (it has a callable ``metrics``)."""
-    return isinstance(value, HealthProvider) or callable(getattr(value, KEY_METRICS, None))
+    """Whether ``value`` can serve as a provider object: it has a callable ``metrics``, or the
+    seed's ``health_check()``."""
+    return (
+        isinstance(value, HealthProvider)
+        or callable(getattr(value, KEY_METRICS, None))
+        or callable(getattr(value, SEED_METRICS, None))
+    )
+
+
+def _metrics_method(provider: object) -> Any:
+    """``metrics``, or the seed's ``health_check`` when that is what the provider defines."""
+    seed = getattr(provider, SEED_METRICS, None)
+    if callable(seed) and getattr(type(provider), KEY_METRICS, None) in (
+        None,
+        HealthProvider.metrics,
+    ):
+        return seed
+    return getattr(provider, KEY_METRICS, None)
 
 
 def _is_number(value: object) -> bool:
@@ -210,7 +230,11 @@ class HealthExtension(Extension):
             self._methods: list[tuple[str, Callable[[], Any]]] = [
                 (section, method)
                 for section in SECTIONS
-                if callable(method := getattr(provider, section, None))
+                if callable(
+                    method := _metrics_method(provider)
+                    if section == KEY_METRICS
+                    else getattr(provider, section, None)
+                )
             ]
         elif callable(provider):
             self._methods = [(KEY_METRICS, provider)]

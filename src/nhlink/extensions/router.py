@@ -8,7 +8,8 @@ Sequence, renegotiated from scratch on every connection::
     start each listed extension, then → "<name>:attached" {}   (or "<name>:error" {"reason"})
     ← "<name>:<event>"  → extension.handle_event(event, payload) → "<name>:<reply event>"
     ← "attach"/"detach" {"extensions": [...] | "all" | name}   → start / stop (+ "<name>:detached")
-    ← phx_reply error "detach" to an ":attached"  → stop that extension
+    ← phx_reply error "detach" to any push of an extension (":attached" or an event)
+                                                  → stop that extension
     ← phx_error / phx_close on "extensions"      → stop all, re-join after a short delay
 
 Invariants (everything that changes them lives in this file):
@@ -50,7 +51,7 @@ __all__ = ["ExtensionRouter"]
 
 logger = logging.getLogger(__name__)
 
-# §8.2 — wire strings not (yet) in protocol/wire.py.
+# §8.2 — short local names for the wire strings (spelled in protocol/wire.py).
 ATTACH_KEY: Final = wire.EXTENSIONS_ATTACH_KEY
 ATTACH_ALL: Final = wire.EXTENSIONS_ATTACH_ALL
 ERROR_REASON: Final = wire.EXTENSIONS_ERROR_REASON
@@ -81,7 +82,8 @@ class _Slot:
     started: bool = False  # start() succeeded and stop() has not been called since
     attached_epoch: int | None = None
     starting_epoch: int | None = None  # a start job is queued or running for this epoch
-    attach_ref: str | None = None
+    #: identifies the current attachment; a "detach" reply to a push of an older one is stale
+    attach_token: object | None = None
     jobs: collections.deque[_Job] = field(default_factory=collections.deque)
     worker: asyncio.Task[None] | None = None
 
@@ -240,9 +242,12 @@ class ExtensionRouter:
 
     async def send_for(self, name: str, event: str, payload: Any) -> bool:
         """Push ``"<name>:<event>"`` if ``name`` is attached (see ExtensionContext.send)."""
-        if not self.is_attached(name):
+        slot = self._slots.get(name)
+        if slot is None or not self.is_attached(name):
             return False
-        return await self._push(f"{name}:{event}", payload)
+        return await self._push(
+            f"{name}:{event}", payload, on_reply=self._detach_on_refusal(slot, slot.attach_token)
+        )
 
     # -- hooks called by the link --------------------------------------------------------------
 
@@ -305,7 +310,7 @@ class ExtensionRouter:
         for slot in self._slots.values():
             slot.attached_epoch = None
             slot.starting_epoch = None
-            slot.attach_ref = None
+            slot.attach_token = None
             self._enqueue(slot, _Job("stop", self._epoch))
 
     async def _join(self) -> None:
@@ -419,58 +424,65 @@ class ExtensionRouter:
         logger.info("%s: detaching extension %s", self._name, slot.name)
         slot.attached_epoch = None
         slot.starting_epoch = None
-        slot.attach_ref = None
+        slot.attach_token = None
         self._enqueue(slot, _Job("stop", self._epoch, send_detached=send_detached))
 
-    def _attach_refused(
-        self, slot: _Slot, ref: str, epoch: int
+    def _detach_on_refusal(
+        self, slot: _Slot, token: object | None
     ) -> Callable[[Reply], Awaitable[None]]:
+        """A reply handler for one push of ``slot``: the bare ``"detach"`` error reply (§8.2)
+        means the server does not consider the extension attached: stop it."""
+        epoch = self._epoch
+
         async def on_reply(reply: Reply) -> None:
             if reply.status != wire.REPLY_ERROR:
                 return
             if reply.response == wire.EXTENSION_DETACH_REPLY:
-                # §8.2: the server does not consider this extension attachable.
-                if slot.attach_ref == ref and epoch == self._epoch:
+                if token is not None and slot.attach_token is token and epoch == self._epoch:
                     logger.warning("%s: server refused extension %s", self._name, slot.name)
                     self._detach(slot, send_detached=False)
             else:
-                logger.warning("%s: %s:attached answered %r", self._name, slot.name, reply.response)
+                logger.warning(
+                    "%s: the server answered a %s push with %r",
+                    self._name,
+                    slot.name,
+                    reply.response,
+                )
 
         return on_reply
 
     # -- sending ---------------------------------------------------------------------------------
 
-    async def _push(self, event: str, payload: Any) -> bool:
+    async def _push(
+        self,
+        event: str,
+        payload: Any,
+        on_reply: Callable[[Reply], Awaitable[None]] | None = None,
+    ) -> bool:
         if not self.link.session.is_joined(wire.TOPIC_EXTENSIONS):
             return False
         try:
-            await self.link.send(wire.TOPIC_EXTENSIONS, event, payload)
+            await self.link.send(wire.TOPIC_EXTENSIONS, event, payload, on_reply=on_reply)
         except ConnectionClosed:
             return False
         return True
 
     async def _push_attached(self, slot: _Slot, epoch: int) -> bool:
-        """Send ``"<name>:attached"``, watching for the bare ``"detach"`` error reply (§8.2)."""
+        """Send ``"<name>:attached"``, watching for the bare ``"detach"`` error reply (§8.2).
+
+        The reply handler is registered for the message's ref before the write
+        (``send(on_reply=...)``), so the reply cannot race past it; the token ties it to this
+        attachment, so a late reply to an earlier one cannot detach a newer one."""
         if not self.link.session.is_joined(wire.TOPIC_EXTENSIONS):
             return False
-        # The reply handler is registered for the ref before the write (send(on_reply=...)), so
-        # the bare "detach" error reply cannot race past it. The ref is predicted only to give
-        # the handler its own ref: refs come from one increasing counter and send() takes the
-        # next one synchronously (channel.py invariants).
-        ref = str(int(self.link.session.last_ref()) + 1)
-        slot.attach_ref = ref
-        try:
-            sent = await self.link.send(
-                wire.TOPIC_EXTENSIONS,
-                slot.name + wire.EXTENSION_ATTACHED_SUFFIX,
-                {},
-                on_reply=self._attach_refused(slot, ref, epoch),
-            )
-        except ConnectionClosed:
-            slot.attach_ref = None
-            return False
-        assert sent == ref, (sent, ref)
-        return True
+        token = object()
+        slot.attach_token = token
+        sent = await self._push(
+            slot.name + wire.EXTENSION_ATTACHED_SUFFIX, {}, self._detach_on_refusal(slot, token)
+        )
+        if not sent:
+            slot.attach_token = None
+        return sent
 
     # -- per-extension workers -------------------------------------------------------------------
 

@@ -145,6 +145,16 @@ class PhoenixSession:
             self._pending_pushes[ref] = topic
         return _core.encode_message(channel.join_ref, ref, topic, event, payload)
 
+    def forget_reply(self, ref: str) -> None:
+        """Stop waiting for the reply to push ``ref`` (one that may never come: the server
+        answers most pushes with nothing), so tracked refs cannot pile up."""
+        self._pending_pushes.pop(ref, None)
+
+    @property
+    def tracked_replies(self) -> int:
+        """How many pushes' replies are still awaited."""
+        return len(self._pending_pushes)
+
     def last_ref(self) -> str:
         """The ref given to the most recent outbound message."""
         return str(self._counter)

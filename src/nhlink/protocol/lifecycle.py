@@ -89,13 +89,19 @@ class UpdateInfo:
         if payload.get("update_available") is False:
             return None
         url = payload.get("firmware_url")
-        if not url:
+        if url is None or url == "":
+            if payload.get("update_available") is True:
+                raise DecodeError("update: update_available is true but there is no firmware_url")
             return None
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
             raise DecodeError("update: firmware_url is not an http(s) URL")
         meta = payload.get("firmware_meta") or {}
         if not isinstance(meta, Mapping):
             raise DecodeError("update: firmware_meta is not an object")
+        # The uuid names the image (resume points, the join's currently_downloading_uuid).
+        uuid = meta.get("uuid")
+        if not isinstance(uuid, str) or not uuid:
+            raise DecodeError(f"update: firmware_meta.uuid is not a non-empty string: {uuid!r}")
         size = payload.get("size")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
             raise DecodeError(f"update: size is not a byte count: {size!r}")

@@ -15,11 +15,20 @@ a shell. There is no authentication: the hub listens on 127.0.0.1 only.
 ==========================================================  =====================================
 
 POST answers are ``{"sent": bool, ...}``; an unknown device is a 404 ``{"error": ...}``.
+
+There is no authentication, so the endpoints refuse what a web page in a browser could send
+while the hub runs (cross-site request forgery, DNS rebinding): a request whose ``Host`` is not
+a loopback name or address, one with an ``Origin`` header (browsers add it to cross-origin
+requests; command-line clients do not), and a ``POST`` whose ``Content-Type`` is not
+``application/json`` (a page can send ``text/plain`` or a form without a preflight; JSON
+needs one, which the hub never answers). All get ``403``/``415`` with a JSON error.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -28,13 +37,36 @@ from aiohttp import web
 if TYPE_CHECKING:
     from nhlink.testing._hub import FakeHub
 
-__all__ = ["add_routes"]
+__all__ = ["add_routes", "refusal"]
 
 PREFIX = "/_fakehub"
 
 
 def _error(status: int, text: str) -> web.Response:
     return web.json_response({"error": text}, status=status)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _GuardedRoutes(web.RouteTableDef):
+    """A route table whose handlers first apply :func:`refusal`."""
+
+    def route(self, method: str, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
+        register = super().route(method, path, **kwargs)
+
+        def decorate(handler: Handler) -> Handler:
+            @functools.wraps(handler)
+            async def guarded(request: web.Request) -> web.StreamResponse:
+                refused = refusal(request)
+                if refused is not None:
+                    return refused
+                return await handler(request)
+
+            register(guarded)
+            return handler
+
+        return decorate
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -53,11 +85,38 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return data
 
 
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _loopback_host(value: str | None) -> bool:
+    """``Host: 127.0.0.1:8080``, ``localhost``, ``[::1]:80``... and nothing else."""
+    if not value:
+        return False
+    host = value.strip().lower()
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else ""
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host in _LOOPBACK_HOSTS
+
+
+def refusal(request: web.Request) -> web.Response | None:
+    """Why a control request must be refused (a browser could have sent it), or None."""
+    if not _loopback_host(request.headers.get("Host")):
+        return _error(403, "the control API answers only requests for a loopback Host")
+    if "Origin" in request.headers:
+        return _error(403, "the control API refuses cross-origin (browser) requests")
+    if request.method == "POST" and request.content_type != "application/json":
+        return _error(415, "POST bodies must be application/json")
+    return None
+
+
 def add_routes(app: web.Application, hub: FakeHub) -> None:
-    """Register the control endpoints on ``app`` (before the hub's catch-all route)."""
+    """Register the control endpoints on ``app`` (before the hub's catch-all route), each
+    behind :func:`refusal`."""
     from nhlink.testing._hub import device_summary
 
-    routes = web.RouteTableDef()
+    routes = _GuardedRoutes()
 
     def known(request: web.Request) -> str:
         identifier = request.match_info["identifier"]

@@ -264,7 +264,8 @@ class FakeHub:
 
     Most options are also mutable attributes of the same name (``extensions`` is a set).
     ``unavailable = True`` makes every upgrade answer 503; ``reject_joins = True`` makes device
-    joins fail with ``{"error": "could not connect"}``.
+    joins fail with ``{"error": "could not connect"}``; ``ignore_joins = True`` leaves them
+    unanswered (heartbeats are still answered: a server stuck in the join).
     """
 
     host: Final = "127.0.0.1"
@@ -329,6 +330,7 @@ class FakeHub:
         self.connecting_code = connecting_code
         self.unavailable = unavailable
         self.reject_joins = False
+        self.ignore_joins = False
         self.redirect_url = redirect_url
         self.control_api = control_api
         self.close_timeout = close_timeout
@@ -744,6 +746,8 @@ class FakeHub:
         if self.reject_joins:
             await self._reply(conn, message, "error", {"error": "could not connect"})
             return "join refused"
+        if self.ignore_joins:
+            return "join ignored"  # no reply at all
         record = conn.record
         record.join_params = params
         record.joins += 1
@@ -1116,6 +1120,17 @@ class FakeHub:
             if name not in conn.offered:
                 conn.offered.append(name)
         return await self._ext_push(conn, "attach", {"extensions": list(names)})
+
+    def forget_attachment(self, identifier: str, name: str) -> bool:
+        """The server stops considering ``name`` attached *without telling the device* (its
+        state was lost, or it was disabled before the push went out): the device's next event
+        of that extension gets the bare ``"detach"`` error reply (§8.2)."""
+        conn = self._conns.get(identifier)
+        if conn is None or name not in conn.attached:
+            return False
+        conn.attached.discard(name)
+        conn.cancel_timers(name)
+        return True
 
     async def detach_extensions(self, identifier: str, names: Sequence[str]) -> bool:
         """An operator disabled ``names``: stop their traffic and push ``detach`` (§8.2)."""

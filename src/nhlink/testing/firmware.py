@@ -76,6 +76,9 @@ class Faults:
     #: a redirect chain of this many hops in front of the file, answered with redirect_status.
     redirects: int = 0
     redirect_status: int = 302
+    #: the Location of those redirects instead of the next hop of the chain: an absolute URL,
+    #: e.g. another server's (an https server sending the client to plain http).
+    redirect_to: str | None = None
     #: lie in the Content-Range of 206 answers: "start" (first byte off by one), "total"
     #: (size off by one), "missing" (no Content-Range at all). The body is the right one.
     content_range: Literal["start", "total", "missing"] | None = None
@@ -355,8 +358,8 @@ class FirmwareServer:
 
         remaining = faults.redirects if hops is None else hops
         if remaining > 0:
-            location = f"{self.base_url}/r/{remaining - 1}/{served.name}"
-            if request.query_string:
+            location = faults.redirect_to or f"{self.base_url}/r/{remaining - 1}/{served.name}"
+            if request.query_string and faults.redirect_to is None:
                 location += f"?{request.query_string}"
             return self._simple(record, faults.redirect_status, "redirect", Location=location)
 

@@ -29,11 +29,17 @@ Failure policy (§11.1 reference behaviour, §11.3 rules):
   trusted);
 * permanent (:class:`~nhlink.errors.PermanentDownloadError` at once, no retry storm on an expired
   pre-signed URL): any other ``4xx``, a size that contradicts ``expected_size`` (more bytes than
-  expected, or a ``Content-Length``/``Content-Range`` total that differs), too many redirects,
-  an invalid redirect, an unverifiable TLS certificate, an unexpected status (``204``, ``3xx``
-  without ``Location``...), ``416`` unless we resumed at exactly the end of the file (then the
-  download is complete), the ``max_total_time`` cap, and ``max_disconnects`` exhausted (chained
-  to the last :class:`~nhlink.errors.RetryableDownloadError`).
+  expected, or a ``Content-Length``/``Content-Range`` total that differs), a file larger than
+  ``max_size`` when the server announced no size, too many redirects, an invalid redirect, an
+  unverifiable TLS certificate, an unexpected status (``204``, ``3xx`` without ``Location``...),
+  ``416`` unless we resumed at exactly the end of the file (then the download is complete), the
+  ``max_total_time`` cap, and ``max_disconnects`` exhausted (chained to the last
+  :class:`~nhlink.errors.RetryableDownloadError`).
+
+Transport security: the firmware comes over ``https`` with the storage host's certificate
+verified. A plain ``http://`` URL is refused unless ``allow_http`` is set, and a redirect from
+``https`` to ``http`` is never followed (that would fetch the image in clear): redirects are
+followed here, hop by hop, not by aiohttp, so every hop is checked.
 
 Credentials: pre-signed query strings are credentials. Every log line and error message shows
 the URL as ``scheme://host[:port]/path`` only, and aiohttp exceptions (whose text includes the
@@ -105,6 +111,12 @@ class DownloadOptions:
     max_total_time: float = 24 * 3600
     #: redirects followed per request (301, 302, 303, 307, 308).
     max_redirects: int = 5
+    #: accept plain ``http://`` firmware URLs (tests, a trusted LAN mirror). Never a redirect
+    #: from ``https`` to ``http``.
+    allow_http: bool = False
+    #: the largest file accepted when the update announced no ``size`` (a misbehaving server
+    #: must not be able to fill the disk); an announced size is trusted (writers check space).
+    max_size: int = 4 * 1024**3
     #: network read buffer (aiohttp ``read_bufsize``); aiohttp stops reading from the socket
     #: when twice this is waiting. Chunks handed to the sink are what was buffered: up to about
     #: that plus one socket read (256 KiB). Trade-off: when a connection drops, aiohttp discards
@@ -128,6 +140,12 @@ class DownloadOptions:
             raise ConfigError("max_redirects", "must be >= 0")
         if self.chunk_size < 1024:
             raise ConfigError("chunk_size", "must be >= 1024")
+        if not isinstance(self.allow_http, bool):
+            raise ConfigError("allow_http", "must be True or False")
+        if isinstance(self.max_size, bool) or not isinstance(self.max_size, int):
+            raise ConfigError("max_size", "must be an integer")
+        if self.max_size < 1:
+            raise ConfigError("max_size", "must be >= 1")
 
 
 def redact_url(url: str | URL) -> str:
@@ -149,11 +167,11 @@ _UNSATISFIED_RANGE = re.compile(r"\s*bytes\s+\*/(\d+)\s*", re.ASCII | re.IGNOREC
 
 # Statuses worth retrying besides 5xx (§11.3): request timeout, too many requests.
 _RETRY_STATUSES: Final = frozenset({408, 429})
+_REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 
 # aiohttp errors that retrying cannot fix. Certificate verification is here: the storage host's
 # certificate will not become valid in the next minute, and ten retries would take ~10 min.
 _PERMANENT_CLIENT_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.TooManyRedirects,
     aiohttp.InvalidURL,
     aiohttp.ClientConnectorCertificateError,
     *(
@@ -235,6 +253,9 @@ async def download(
     (``max_redirects``) and carry the same headers, ``Range`` included. Each retry requests the
     original URL again (redirect targets, such as CDN nodes, are often temporary).
 
+    ``http://`` URLs are refused unless ``options.allow_http``; redirects from ``https`` to
+    ``http`` always (:class:`~nhlink.errors.PermanentDownloadError`).
+
     ``session``: an aiohttp session to use (not closed here). It must not carry NervesHub
     credentials, cookies or a client certificate: the storage host is a third party (§11).
     Without it a private session is made for this call, with no cookie jar, no client
@@ -250,6 +271,7 @@ async def download(
     if offset < 0 or (expected_size is not None and not 0 <= offset <= expected_size):
         raise ValueError(f"offset {offset} out of range for expected_size {expected_size}")
     display = redact_url(url)
+    _check_scheme(URL(url), options, display)
     own_session = session is None
     if session is None:
         session = aiohttp.ClientSession(
@@ -382,8 +404,6 @@ class _Download:
     async def _attempt(self, number: int) -> bool:
         """One request. True when the file is complete, False when the response ended as
         announced but short of the end (continue), :class:`_Retry` on a retryable failure."""
-        options = self.options
-        idle = options.idle_timeout
         headers = self._headers(number)
         logger.debug(
             "GET %s (attempt %d%s)",
@@ -391,83 +411,124 @@ class _Download:
             number,
             f", {headers['Range']}" if "Range" in headers else "",
         )
-        response: aiohttp.ClientResponse | None = None
+        response = await self._request(headers)
         clean = False
         try:
-            try:
-                async with asyncio.timeout(idle) as connecting:
-                    response = await self.session.request(
-                        "GET",
-                        self.url,
-                        headers=headers,
-                        # aiohttp raises on the max_redirects-th redirect instead of
-                        # following it, and takes 0 as "no limit": shift by one.
-                        allow_redirects=options.max_redirects > 0,
-                        max_redirects=options.max_redirects + 1,
-                        ssl=self.ssl,
-                        timeout=_NO_TIMEOUT,
-                        read_bufsize=options.chunk_size,
-                        auto_decompress=False,
-                    )
-            except (aiohttp.ClientError, OSError) as exc:  # OSError includes TimeoutError
-                if connecting.expired():
-                    raise _Retry(f"no response within {idle:g} s") from None
-                if isinstance(exc, _PERMANENT_CLIENT_ERRORS):
-                    raise PermanentDownloadError(
-                        f"firmware download from {self.display} failed: {_describe(exc, self.url)}"
-                    ) from None
-                raise _Retry(_describe(exc, self.url)) from None
-
             limit = self._check_response(response)
             if response.status == 200 and self.received > 0:
                 logger.info("%s ignored Range (answered 200): restarting from byte 0", self.display)
                 await self.sink.restart()
                 self.received = 0
-
-            # The hot loop: read whatever is buffered (no copy for a single buffered chunk),
-            # hand it to the sink, and only then read again; so memory stays flat and a slow
-            # sink slows the socket down (aiohttp pauses reading when its buffer is full).
-            content = response.content
-            sink_data = self.sink.data
-            total = self.total
-            while True:
-                timer = None
-                try:
-                    # Bytes already buffered need no timer (the usual case while the sink
-                    # hashes and writes): saves a timer per chunk. Same data as readany().
-                    chunk = content.read_nowait()
-                    if not chunk:
-                        async with asyncio.timeout(idle) as timer:
-                            chunk = await content.readany()
-                except (aiohttp.ClientError, OSError) as exc:  # OSError includes TimeoutError
-                    if timer is not None and timer.expired():
-                        raise _Retry(f"no data for {idle:g} s at byte {self.received}") from None
-                    raise _Retry(
-                        f"connection lost at byte {self.received}: {_describe(exc, self.url)}"
-                    ) from None
-                if not chunk:
-                    break
-                end = self.received + len(chunk)
-                if total is not None and end > total:
-                    raise PermanentDownloadError(
-                        f"firmware download from {self.display}: the server sent more than "
-                        f"the expected {total} bytes"
-                    )
-                await sink_data(chunk)
-                self.received = end
+            await self._read_body(response)
             clean = True
         finally:
-            if response is not None:
-                if clean:
-                    response.release()
-                else:
-                    response.close()  # drop the connection: never reuse a half-read one
-
+            if clean:
+                response.release()
+            else:
+                response.close()  # drop the connection: never reuse a half-read one
+        total = self.total
         if total is not None and self.received < total:
             if limit is not None and self.received == limit:
                 return False
             raise _Retry(f"the connection closed early at byte {self.received} of {total}")
         return True
+
+    async def _request(self, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """GET the URL, following redirects ourselves so that each hop is checked (no
+        ``https`` → ``http``, at most ``max_redirects``). Returns the final response."""
+        options = self.options
+        url = URL(self.url)
+        for hop in range(options.max_redirects + 1):
+            response = await self._get(url, headers)
+            location = response.headers.get("Location")
+            if response.status not in _REDIRECT_STATUSES or location is None:
+                return response
+            if not options.max_redirects:
+                return response  # redirects disabled: _check_response names the status
+            response.release()
+            try:
+                target = url.join(URL(location))
+            except ValueError:
+                raise PermanentDownloadError(
+                    f"firmware download from {self.display}: invalid redirect"
+                ) from None
+            if hop == options.max_redirects:
+                break
+            if url.scheme == "https" and target.scheme != "https":
+                raise PermanentDownloadError(
+                    f"firmware download from {self.display}: refusing a redirect from https to "
+                    f"{redact_url(target)} (the image would travel unencrypted)"
+                )
+            _check_scheme(target, options, self.display)
+            logger.debug("%s: HTTP %d to %s", self.display, response.status, redact_url(target))
+            url = target
+        raise PermanentDownloadError(
+            f"firmware download from {self.display} failed: TooManyRedirects "
+            f"(more than {options.max_redirects})"
+        )
+
+    async def _get(self, url: URL, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """One HTTP GET (no redirects); network failures as :class:`_Retry` or permanent."""
+        idle = self.options.idle_timeout
+        try:
+            async with asyncio.timeout(idle) as connecting:
+                return await self.session.request(
+                    "GET",
+                    url,
+                    headers=headers,
+                    allow_redirects=False,
+                    ssl=self.ssl,
+                    timeout=_NO_TIMEOUT,
+                    read_bufsize=self.options.chunk_size,
+                    auto_decompress=False,
+                )
+        except (aiohttp.ClientError, OSError) as exc:  # OSError includes TimeoutError
+            if connecting.expired():
+                raise _Retry(f"no response within {idle:g} s") from None
+            if isinstance(exc, _PERMANENT_CLIENT_ERRORS):
+                raise PermanentDownloadError(
+                    f"firmware download from {self.display} failed: {_describe(exc, self.url)}"
+                ) from None
+            raise _Retry(_describe(exc, self.url)) from None
+
+    async def _read_body(self, response: aiohttp.ClientResponse) -> None:
+        """The hot loop: read whatever is buffered (no copy for a single buffered chunk), hand
+        it to the sink, and only then read again; so memory stays flat and a slow sink slows
+        the socket down (aiohttp pauses reading when its buffer is full)."""
+        idle = self.options.idle_timeout
+        content = response.content
+        sink_data = self.sink.data
+        total = self.total
+        cap = total if total is not None else self.options.max_size
+        while True:
+            timer = None
+            try:
+                # Bytes already buffered need no timer (the usual case while the sink
+                # hashes and writes): saves a timer per chunk. Same data as readany().
+                chunk = content.read_nowait()
+                if not chunk:
+                    async with asyncio.timeout(idle) as timer:
+                        chunk = await content.readany()
+            except (aiohttp.ClientError, OSError) as exc:  # OSError includes TimeoutError
+                if timer is not None and timer.expired():
+                    raise _Retry(f"no data for {idle:g} s at byte {self.received}") from None
+                raise _Retry(
+                    f"connection lost at byte {self.received}: {_describe(exc, self.url)}"
+                ) from None
+            if not chunk:
+                return
+            end = self.received + len(chunk)
+            if end > cap:
+                raise PermanentDownloadError(
+                    f"firmware download from {self.display}: the server sent more than the "
+                    + (
+                        f"expected {total} bytes"
+                        if total is not None
+                        else f"{cap}-byte limit for an image of unannounced size (max_size)"
+                    )
+                )
+            await sink_data(chunk)
+            self.received = end
 
     def _check_response(self, response: aiohttp.ClientResponse) -> int | None:
         """Judge the status and size headers before any body byte is read.
@@ -530,8 +591,14 @@ class _Download:
         return last + 1
 
     def _learn_total(self, size: int, source: str) -> None:
-        """Adopt the first size a server reports; refuse one that contradicts it."""
+        """Adopt the first size a server reports; refuse one that contradicts it (or, for an
+        image of unannounced size, exceeds ``max_size``)."""
         if self.total is None:
+            if size > self.options.max_size:
+                raise PermanentDownloadError(
+                    f"firmware download from {self.display}: the server reports a {size}-byte "
+                    f"file ({source}), over the {self.options.max_size}-byte limit (max_size)"
+                )
             self.total = size
             self.sink.total_size(size)
         elif size != self.total:
@@ -539,3 +606,15 @@ class _Download:
                 f"firmware download from {self.display}: the server reports a {size}-byte "
                 f"file ({source}), expected {self.total} bytes"
             )
+
+
+def _check_scheme(url: URL, options: DownloadOptions, display: str) -> None:
+    """``https``, or ``http`` when explicitly allowed; anything else is refused."""
+    if url.scheme == "https" or (url.scheme == "http" and options.allow_http):
+        return
+    if url.scheme == "http":
+        raise PermanentDownloadError(
+            f"refusing to download firmware over plain http from {display} "
+            f"(DownloadOptions(allow_http=True) accepts it)"
+        )
+    raise PermanentDownloadError(f"firmware URL {display}: unsupported scheme {url.scheme!r}")

@@ -1,13 +1,26 @@
 """UpdateManager: decide → download → verify → write → report (PROTOCOL.md §7, §11).
 
 One update at a time per device. The download runs in its own task, independent of the
-WebSocket: a socket reconnect does not interrupt it, and the ``update`` the server re-sends on
-re-join is ignored while it runs (§7.1). Status reports are best-effort: while the socket is
-down they are logged and skipped.
+WebSocket: a socket reconnect does not interrupt it, and an ``update`` the server sends while it
+runs — a re-send after a re-join, a duplicate, even a malformed one — is logged and dropped
+(§7.1): the server hears nothing about it and the running update is unaffected. Status reports
+are best-effort: while the socket is down they are logged and skipped.
+
+The verification guarantee (an invariant of this module and of
+:class:`~nhlink._core.StreamingDigest`, which gates every byte on its way to the writer):
+
+* the writer never receives a byte that could still fail verification where verification is
+  possible (a part after its part checksum matched; the last bytes after the whole-file
+  checksum matched);
+* ``completed`` is sent only when the SHA-256 of every byte the writer holds equals
+  ``checksum`` (a resumed image's prefix is read back from the writer and re-hashed);
+* a resume point is persisted only for bytes the writer has made durable (``fwup_sync``).
 
 Any failure — checksum mismatch, HTTP error, too many disconnects, writer exception, disk full,
 cancellation by ``stop()`` — calls the writer's ``fwup_abort``, reports ``failed`` with a
 human-readable reason, calls ``Client.fwup_error`` and leaves the connection running.
+
+The manager talks to the connection through :class:`UpdateHost` only (NervesHubLink is one).
 """
 
 from __future__ import annotations
@@ -16,15 +29,17 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+import ssl
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import _core
-from ..callbacks import call_callback
+from ..callbacks import DEFAULT_CALLBACK_TIMEOUT, CallbackTimeout, call_callback, invoke
 from ..errors import (
-    ChecksumMismatch,
     DecodeError,
     DownloadError,
+    LocalProtocolError,
     NHLinkError,
     UpdateError,
     WriterError,
@@ -40,21 +55,60 @@ from ..protocol.lifecycle import (
 )
 from .download import DownloadOptions, download
 from .stage import WriteStage
-from .state import run_in_thread
+from .state import StateStore, run_in_thread
+from .writer import FwupWriter, can_read_back
 
 if TYPE_CHECKING:
-    from ..link import NervesHubLink
-    from .writer import FwupWriter
+    from ..client import Client
 
-__all__ = ["UpdateManager"]
+__all__ = ["PART_SIZE", "UpdateHost", "UpdateManager", "UpdatePolicy", "call_writer"]
 
 logger = logging.getLogger(__name__)
 
-#: If update_available() itself fails, ask again after this long (and tell the server so).
+#: If update_available() itself fails or hangs, ask again after this long (and tell the server).
 CALLBACK_FAILURE_RESCHEDULE_MS = 5 * 60 * 1000
+#: NervesHub's ``partials_checksums`` part size (§7.1).
+PART_SIZE = 1024 * 1024
 
 
-async def call_writer(name: str, method: Callable[..., Any], *args: Any) -> Any:
+class UpdateHost(Protocol):
+    """What the update pipeline needs from the connection: who it is, the application's
+    callbacks and writer, the state file, TLS for the storage host, and a way to send."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def client(self) -> Client: ...
+
+    @property
+    def writer(self) -> FwupWriter | None: ...
+
+    @property
+    def store(self) -> StateStore: ...
+
+    @property
+    def firmware_ssl_context(self) -> ssl.SSLContext | None: ...
+
+    async def send(self, topic: str, event: str, payload: Any) -> str:
+        """Push on a joined topic; raises an :class:`~nhlink.errors.NHLinkError` when it can't."""
+        ...
+
+
+@dataclass(frozen=True)
+class UpdatePolicy:
+    """The update rules a device is configured with (from :class:`~nhlink.config.LinkConfig`)."""
+
+    #: install updates that carry neither ``checksum`` nor ``partials_checksums``.
+    allow_unverified_firmware: bool = False
+    #: seconds an ``async def`` callback (``update_available``, ``fwup_progress``...) may take.
+    callback_timeout: float = DEFAULT_CALLBACK_TIMEOUT
+    #: the shortest reschedule honoured, in ms: ``Reschedule(0)`` would otherwise re-ask (and
+    #: report ``rescheduled``) in a tight loop.
+    min_reschedule_ms: int = 60_000
+
+
+async def call_writer(name: str, method: Any, *args: Any) -> Any:
     """Run a writer method: ``async def`` on the loop, plain ones in a worker thread (slow flash
     must never stall heartbeats). Exceptions become :class:`WriterError` naming the method.
 
@@ -73,19 +127,36 @@ async def call_writer(name: str, method: Callable[..., Any], *args: Any) -> Any:
         raise WriterError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
 
 
-class _Pipeline:
-    """The download sink: hashes, hands blocks to the writer (through a :class:`WriteStage`
-    that overlaps both with the network), reports progress and resume points."""
+def _new_digest(info: UpdateInfo) -> _core.StreamingDigest:
+    """The digest (and verification gate) for ``info``'s image, from byte 0."""
+    return _core.StreamingDigest(
+        part_size=PART_SIZE,
+        part_checksums=list(info.partials_checksums) or None,
+        checksum=info.checksum,
+    )
 
-    def __init__(self, manager: UpdateManager, info: UpdateInfo, writer: FwupWriter, offset: int):
+
+class _Pipeline:
+    """The download sink: hashes and gates, hands verified blocks to the writer (through a
+    :class:`WriteStage` that overlaps both with the network), reports progress and, for a
+    writer that can resume, durable resume points."""
+
+    def __init__(
+        self,
+        manager: UpdateManager,
+        info: UpdateInfo,
+        writer: FwupWriter,
+        digest: _core.StreamingDigest,
+        resumable: bool,
+    ):
         self.manager = manager
         self.info = info
         self.writer = writer
-        self.offset = offset
-        self.stage = WriteStage(writer, self._digest(offset), on_progress=self._note)
+        self.resumable = resumable
+        self.stage = WriteStage(writer, digest, on_progress=self._note, sync=resumable)
         self.throttle = ProgressThrottle(info.size)
         self.attempts = 0
-        self.saved_offset = offset
+        self.saved_offset = digest.released
         self.reported_downloading = False
         # Progress is reported as the write stage completes chunks, by its own task (sending a
         # status or saving the resume point must not wait for the next chunk to arrive).
@@ -109,11 +180,6 @@ class _Pipeline:
         with contextlib.suppress(asyncio.CancelledError):
             await self._reporter
 
-    def _digest(self, offset: int) -> _core.StreamingDigest:
-        return _core.StreamingDigest(
-            part_checksums=list(self.info.partials_checksums) or None, offset=offset
-        )
-
     @property
     def digest(self) -> _core.StreamingDigest:
         return self.stage.digest
@@ -132,12 +198,9 @@ class _Pipeline:
         logger.info("%s: firmware server ignored Range; restarting from 0", self.manager.name)
         await self.stage.drain()
         await call_writer("fwup_abort", self.writer.fwup_abort)
-        await call_writer(
-            "fwup_begin", self.writer.fwup_begin, self.info.size or 0, self.info.firmware_meta, 0
-        )
-        self.offset = 0
+        await self.manager.begin_fresh(self.writer, self.info)
         self._latest = None
-        self.stage.replace_digest(self._digest(0))
+        self.stage.replace_digest(_new_digest(self.info))
         self.throttle = ProgressThrottle(self.info.size or self.throttle.total)
         self.saved_offset = 0
         await self.manager.save_resume_point(self.info, 0)  # the partial image starts over too
@@ -148,42 +211,34 @@ class _Pipeline:
             await self.manager.report(wire.STATUS_DOWNLOADING)
         await self.stage.feed(chunk)  # raises a bad part or a writer error
 
-    async def _advance(self, done: int, verified: int) -> None:
+    async def _advance(self, done: int, durable: int) -> None:
         now = asyncio.get_running_loop().time()
         pct = self.throttle.due(done, now)
         if pct is not None:
-            # §7.3: a writer that installs while the image streams in reports "updating" only.
-            stage = (
-                wire.PROGRESS_STAGE_UPDATING
-                if self.writer.streams_install
-                else wire.PROGRESS_STAGE_DOWNLOADING
-            )
-            await self.manager.progress(stage, pct)
-        if verified > self.saved_offset:
-            # A verified part, written: a restarted process can resume from here (§11.3).
-            self.saved_offset = verified
-            await self.manager.save_resume_point(self.info, verified)
+            if self.writer.streams_install:
+                # §7.3: a writer that installs while the image streams in reports "updating"
+                # only; 100 % means installed, which only fwup_finish can tell.
+                await self.manager.progress(wire.PROGRESS_STAGE_UPDATING, min(pct, 99))
+            else:
+                await self.manager.progress(wire.PROGRESS_STAGE_DOWNLOADING, pct)
+        if self.resumable and durable > self.saved_offset:
+            # Verified parts, written and synced: a restarted process can resume here (§11.3).
+            self.saved_offset = durable
+            await self.manager.save_resume_point(self.info, durable)
 
     async def finish(self) -> None:
-        """End of stream: last block, verification (whole file and/or every part, and size)."""
+        """End of stream: check the size, verify (whole file and every part), and only then
+        hand the bytes the gate held back to the writer."""
         await self.stage.drain()
         await self._stop_reporter()
-        self.stage.close()
-        last = self.digest.flush()
-        if last:
-            await call_writer("fwup_chunk", self.writer.fwup_chunk, last)
         info = self.info
         total = self.digest.total
         if info.size is not None and total != info.size:
             raise DownloadError(f"downloaded {total} bytes but the server announced {info.size}")
-        if info.checksum is not None:
-            if self.digest.whole_available:
-                self.digest.verify(info.checksum)
-            elif not info.partials_checksums or len(self.digest.part_digests) + (
-                self.offset // (1024 * 1024)
-            ) != len(info.partials_checksums):
-                raise ChecksumMismatch(info.checksum, "unknown", "resumed image (parts unverified)")
-        await self._advance(total, self.digest.verified_offset)
+        rest = self.digest.flush()  # raises ChecksumMismatch: the held bytes are then dropped
+        await self.stage.write_final(rest)
+        self.stage.close()
+        await self._advance(total, 0)
 
     async def settle(self) -> None:
         """No chunk in progress any more (before the writer is aborted)."""
@@ -193,18 +248,25 @@ class _Pipeline:
 
 
 class UpdateManager:
-    """Runs firmware updates for one :class:`~nhlink.NervesHubLink`."""
+    """Runs firmware updates for one device connection (an :class:`UpdateHost`)."""
 
-    def __init__(self, link: NervesHubLink, download_options: DownloadOptions | None = None):
-        self.link = link
-        self.name = link.name
+    def __init__(
+        self,
+        host: UpdateHost,
+        download_options: DownloadOptions | None = None,
+        policy: UpdatePolicy | None = None,
+    ):
+        self.host = host
+        self.name = host.name
         self.download_options = download_options or DownloadOptions()
+        self.policy = policy or UpdatePolicy()
         self._task: asyncio.Task[None] | None = None
         self._reschedule: asyncio.TimerHandle | None = None
         self.current: UpdateInfo | None = None
         self.last_error: BaseException | None = None
         self.completed: list[UpdateInfo] = []
         self._client_percent = -1
+        self._sent_percent: dict[str, int] = {}
         self._stopping = False
         self._side_tasks: set[asyncio.Task[None]] = set()
 
@@ -215,23 +277,33 @@ class UpdateManager:
     # -- reporting (best effort) -----------------------------------------------------------------
 
     async def report(self, status: str, **fields: Any) -> None:
-        assert status in wire.STATUSES, status  # only the server's statuses are ever sent (§7.4)
+        # Only the server's statuses are ever sent (§7.4): anything else crashes its channel.
+        if status not in wire.STATUSES:
+            raise LocalProtocolError(f"not a NervesHub update status: {status!r}")
         await self._send(wire.EVENT_STATUS_UPDATE, {"status": status, **fields})
 
     async def progress(self, stage: str, percent: int) -> None:
+        # One non-decreasing sequence per stage and update: the download and a streaming
+        # installer's own progress both report "updating".
+        if percent < self._sent_percent.get(stage, -1):
+            return
+        self._sent_percent[stage] = percent
         await self._send(wire.EVENT_FWUP_PROGRESS, {"stage": stage, "value": percent})
         if percent > self._client_percent:  # the application sees one rising 0–100 sequence
             self._client_percent = percent
-            await call_callback("fwup_progress", self.link.client.fwup_progress, percent)
+            await self._callback("fwup_progress", self.host.client.fwup_progress, percent)
+
+    async def _callback(self, name: str, fn: Any, *args: Any) -> None:
+        await call_callback(name, fn, *args, timeout=self.policy.callback_timeout)
 
     async def _send(self, event: str, payload: dict[str, Any]) -> None:
         try:
-            await self.link.send(wire.TOPIC_DEVICE, event, payload)
+            await self.host.send(wire.TOPIC_DEVICE, event, payload)
         except NHLinkError as exc:
             logger.info("%s: could not report %s %s: %s", self.name, event, payload, exc)
 
     async def save_resume_point(self, info: UpdateInfo, verified_offset: int) -> None:
-        store = self.link.store
+        store = self.host.store
         store.state.download = {
             "uuid": info.uuid,
             "checksum": info.checksum,
@@ -241,7 +313,7 @@ class UpdateManager:
         await store.asave()
 
     async def _clear_resume_point(self) -> None:
-        store = self.link.store
+        store = self.host.store
         if store.state.download is not None:
             store.state.download = None
             await store.asave()
@@ -250,6 +322,11 @@ class UpdateManager:
 
     async def on_update(self, payload: Any) -> None:
         """An ``update`` push (or legacy join reply) arrived."""
+        if self.busy:
+            # Checked before the payload: whatever arrives during an update (a re-send, a
+            # duplicate, garbage) must neither reach the server nor disturb the update.
+            logger.info("%s: ignoring an update message: an update is in progress", self.name)
+            return
         try:
             info = UpdateInfo.parse(payload)
         except DecodeError as exc:
@@ -261,11 +338,6 @@ class UpdateManager:
             return
         if self._stopping:
             logger.info("%s: ignoring update %s: stopping", self.name, info.uuid)
-            return
-        if self.busy:
-            logger.info(
-                "%s: ignoring update %s: an update is already in progress", self.name, info.uuid
-            )
             return
         self._cancel_reschedule()
         self._task = asyncio.create_task(self._run(info), name=f"nhlink:{self.name}:update")
@@ -314,6 +386,7 @@ class UpdateManager:
     async def _run(self, info: UpdateInfo) -> None:
         self.current = info
         self._client_percent = -1
+        self._sent_percent = {}
         try:
             await self.report(wire.STATUS_RECEIVED)
             decision = await self._decide(info)
@@ -322,11 +395,18 @@ class UpdateManager:
                 await self.report(wire.STATUS_IGNORED, reason=decision.reason)
                 return
             if isinstance(decision, Reschedule):
-                logger.info("%s: update %s rescheduled in %d ms", self.name, info.uuid, decision.ms)
-                await self.report(
-                    wire.STATUS_RESCHEDULED, delay_for=decision.ms, reason=decision.reason
-                )
-                self._ask_again_later(info, decision.ms)
+                ms = decision.ms
+                if ms < self.policy.min_reschedule_ms:
+                    logger.warning(
+                        "%s: reschedule in %d ms raised to the %d ms minimum",
+                        self.name,
+                        ms,
+                        self.policy.min_reschedule_ms,
+                    )
+                    ms = self.policy.min_reschedule_ms
+                logger.info("%s: update %s rescheduled in %d ms", self.name, info.uuid, ms)
+                await self.report(wire.STATUS_RESCHEDULED, delay_for=ms, reason=decision.reason)
+                self._ask_again_later(info, ms)
                 return
             await self._apply(info)
         except asyncio.CancelledError:
@@ -335,28 +415,48 @@ class UpdateManager:
             logger.exception("%s: update pipeline error", self.name)
             self.last_error = exc
             await self.report(wire.STATUS_FAILED, reason=f"internal error: {exc}")
-            await call_callback("fwup_error", self.link.client.fwup_error, exc)
+            await self._callback("fwup_error", self.host.client.fwup_error, exc)
         finally:
             self.current = None
 
     async def _decide(self, info: UpdateInfo) -> Apply | Ignore | Reschedule:
-        client = self.link.client
+        client = self.host.client
         try:
-            result = client.update_available(info.firmware_meta)
-            if inspect.isawaitable(result):
-                result = await result
+            result = await invoke(
+                "update_available",
+                client.update_available,
+                info.firmware_meta,
+                timeout=self.policy.callback_timeout,
+            )
             return normalize_decision(result)
         except asyncio.CancelledError:
             raise
+        except CallbackTimeout as exc:
+            logger.error("%s: %s; asking again later", self.name, exc)
+            return Reschedule(
+                CALLBACK_FAILURE_RESCHEDULE_MS, "update_available() did not answer on the device"
+            )
         except Exception as exc:
             logger.exception("%s: update_available() failed; asking again later", self.name)
             return Reschedule(
                 CALLBACK_FAILURE_RESCHEDULE_MS, f"update_available() failed on the device: {exc}"
             )
 
-    def _resume_offset(self, info: UpdateInfo, writer: FwupWriter) -> int:
-        saved = self.link.store.state.download
-        if not saved or not writer.supports_resume or not info.partials_checksums:
+    # -- beginning (and resuming) the writer -------------------------------------------------
+
+    def _resumable(self, info: UpdateInfo, writer: FwupWriter) -> bool:
+        """Whether this image can be resumed after a restart: the writer can continue and read
+        back, the server sent part checksums to re-verify with, and the state is persisted."""
+        return (
+            writer.supports_resume
+            and can_read_back(writer)
+            and bool(info.partials_checksums)
+            and self.host.store.path is not None
+        )
+
+    def _saved_resume_point(self, info: UpdateInfo, writer: FwupWriter) -> int:
+        saved = self.host.store.state.download
+        if not saved or not self._resumable(info, writer):
             return 0
         if (saved.get("uuid"), saved.get("checksum"), saved.get("size")) != (
             info.uuid,
@@ -365,54 +465,109 @@ class UpdateManager:
         ):
             return 0
         offset = saved.get("verified_offset", 0)
-        if not isinstance(offset, int) or offset < 0 or offset % (1024 * 1024):
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset <= 0:
             return 0
-        return offset
+        if offset % PART_SIZE:
+            return 0
+        # The last part is always fetched again (resuming at the very end would be a 416).
+        return min(offset, (len(info.partials_checksums) - 1) * PART_SIZE)
+
+    async def begin_fresh(self, writer: FwupWriter, info: UpdateInfo) -> None:
+        """``fwup_begin(size, meta)``: no offset, so a writer with the seed's two-argument
+        signature works."""
+        await call_writer("fwup_begin", writer.fwup_begin, info.size or 0, info.firmware_meta)
+
+    async def _abort_quietly(self, writer: FwupWriter) -> None:
+        try:
+            await call_writer("fwup_abort", writer.fwup_abort)
+        except WriterError as exc:
+            logger.warning("%s: %s", self.name, exc)
+
+    async def _begin(self, info: UpdateInfo, writer: FwupWriter) -> _core.StreamingDigest:
+        """Begin the writer, resuming a saved image where its re-verified prefix allows.
+
+        Returns the digest positioned where the download starts (``digest.total``)."""
+        digest = _new_digest(info)
+        point = self._saved_resume_point(info, writer)
+        if point:
+            size, meta = info.size or 0, info.firmware_meta
+            try:
+                await call_writer("fwup_begin", writer.fwup_begin, size, meta, point)
+            except WriterError as exc:
+                logger.warning(
+                    "%s: cannot resume at byte %d (%s); starting over", self.name, point, exc
+                )
+                await self._abort_quietly(writer)
+            else:
+                good = await self._verify_prefix(writer, digest, point)
+                if good == point:
+                    logger.info("%s: resuming update %s at byte %d", self.name, info.uuid, point)
+                    return digest
+                logger.warning(
+                    "%s: the image held for update %s is damaged at byte %d (resume point %d); %s",
+                    self.name,
+                    info.uuid,
+                    good,
+                    point,
+                    f"resuming at byte {good}" if good else "starting over",
+                )
+                if good:
+                    await call_writer("fwup_begin", writer.fwup_begin, size, meta, good)
+                    return digest
+                await self._abort_quietly(writer)
+            digest = _new_digest(info)
+        await self.begin_fresh(writer, info)
+        return digest
+
+    async def _verify_prefix(
+        self, writer: FwupWriter, digest: _core.StreamingDigest, point: int
+    ) -> int:
+        """Read the first ``point`` bytes back from the writer and re-hash them part by part
+        into ``digest``; returns the end of the good prefix (``point`` when all matched)."""
+        for start in range(0, point, PART_SIZE):
+            try:
+                data = await call_writer("fwup_read", writer.fwup_read, start, PART_SIZE)
+            except WriterError as exc:
+                logger.warning("%s: reading the held image back failed: %s", self.name, exc)
+                return start
+            if not isinstance(data, bytes | bytearray | memoryview) or len(data) != PART_SIZE:
+                return start
+            if not await run_in_thread(digest.absorb, data):  # hashlib releases the GIL
+                return start
+        return point
 
     async def _apply(self, info: UpdateInfo) -> None:
-        writer = self.link.writer
+        writer = self.host.writer
         began = False
         pipeline: _Pipeline | None = None
         try:
             if writer is None:
                 raise WriterError("no fwup_writer configured on this device")
-            if info.checksum is None and not self.link.config.allow_unverified_firmware:
+            if (
+                info.checksum is None
+                and not info.partials_checksums
+                and not self.policy.allow_unverified_firmware
+            ):
                 raise UpdateError(
                     "the server sent no checksum; refusing unverified firmware "
                     "(allow_unverified_firmware=True accepts it)"
                 )
-            offset = self._resume_offset(info, writer)
-            if offset:
-                logger.info("%s: resuming update %s at byte %d", self.name, info.uuid, offset)
-            await call_writer(
-                "fwup_begin", writer.fwup_begin, info.size or 0, info.firmware_meta, offset
-            )
+            digest = await self._begin(info, writer)
             began = True
+            offset = digest.total
             await self.save_resume_point(info, offset)
-            pipeline = _Pipeline(self, info, writer, offset)
+            pipeline = _Pipeline(self, info, writer, digest, self._resumable(info, writer))
             await download(
                 info.firmware_url,
                 sink=pipeline,
                 offset=offset,
                 expected_size=info.size,
                 options=self.download_options,
-                ssl=self.link.firmware_ssl_context,
+                ssl=self.host.firmware_ssl_context,
             )
             await pipeline.finish()
             await self.report(wire.STATUS_UPDATING)
-            install_progress = ProgressThrottle(100)
-            loop = asyncio.get_running_loop()
-
-            def report_install(percent: int) -> None:  # called on the loop by the writer
-                pct = install_progress.due(percent, loop.time())
-                if pct is not None and pct < 100:
-                    self._spawn(self.progress(wire.PROGRESS_STAGE_UPDATING, pct))
-
-            writer.set_progress_reporter(report_install)
-            try:
-                await call_writer("fwup_finish", writer.fwup_finish)
-            finally:
-                writer.set_progress_reporter(None)
+            await self._finish(writer)
             await self.progress(wire.PROGRESS_STAGE_UPDATING, 100)
             await self._clear_resume_point()
             await self.report(wire.STATUS_COMPLETED)
@@ -428,7 +583,23 @@ class UpdateManager:
                 await pipeline.settle()
             error = exc if isinstance(exc, UpdateError) else UpdateError(f"{exc}")
             await self._fail(writer if began else None, error)
-            await call_callback("fwup_error", self.link.client.fwup_error, error)
+            await self._callback("fwup_error", self.host.client.fwup_error, error)
+
+    async def _finish(self, writer: FwupWriter) -> None:
+        """``fwup_finish`` (the image is complete and verified), with install progress."""
+        install_progress = ProgressThrottle(100)
+        loop = asyncio.get_running_loop()
+
+        def report_install(percent: int) -> None:  # called on the loop by the writer
+            pct = install_progress.due(percent, loop.time())
+            if pct is not None and pct < 100:
+                self._spawn(self.progress(wire.PROGRESS_STAGE_UPDATING, pct))
+
+        writer.set_progress_reporter(report_install)
+        try:
+            await call_writer("fwup_finish", writer.fwup_finish)
+        finally:
+            writer.set_progress_reporter(None)
 
     async def _fail(self, writer: FwupWriter | None, error: BaseException) -> None:
         # The writer is aborted, so a resume point would point at nothing: forget it. (A crash

@@ -8,6 +8,15 @@ flight, and when the worker falls behind :meth:`WriteStage.feed` waits, which st
 socket — backpressure all the way to the server. Writers with ``async def fwup_chunk`` are
 awaited on the loop instead.
 
+The digest is also the verification gate: :meth:`StreamingDigest.feed` returns only blocks that
+can no longer fail verification, so every block this stage hands to the writer has passed every
+check that could be made on it.
+
+Durability: with ``sync=True`` (a writer that can resume after a restart), the worker calls
+``fwup_sync()`` after writing a batch that ends further into the image than the last sync, and
+only then reports that offset as durable; the update manager persists resume points from the
+durable offset alone, so a power cut never leaves a resume point past bytes that were lost.
+
 Invariants:
 * Blocks are written in order, by a single worker thread.
 * A partial batch is handed over after ``flush_after`` seconds without more data, so a stalled
@@ -35,7 +44,8 @@ if TYPE_CHECKING:
 
 __all__ = ["WriteStage"]
 
-Progress = tuple[int, int]  # (bytes hashed and written, end of the last verified part)
+#: (bytes received and hashed, end of what the writer holds *durably*: 0 without ``sync``)
+Progress = tuple[int, int]
 
 
 class WriteStage:
@@ -49,9 +59,11 @@ class WriteStage:
         depth: int = 4,
         batch: int = 256 * 1024,
         on_progress: Callable[[Progress], None] | None = None,
+        sync: bool = False,
     ) -> None:
         """``on_progress`` is called on the event loop as each batch is done (hashed and
-        written), with its progress: even when no further chunk arrives.
+        written), with its progress: even when no further chunk arrives. ``sync``: make written
+        bytes durable (``fwup_sync``) before reporting them in the progress' second element.
 
         Chunks go to the worker in batches of about ``batch`` bytes (one thread hop each: a hop
         costs tens of microseconds, a 64 KiB chunk takes about as long to hash); at most
@@ -65,7 +77,9 @@ class WriteStage:
         self._in_flight = 0  # submitted batches not finished yet
         self.flush_after = 0.05  # seconds a partial batch waits for more data
         self._flush_timer: asyncio.TimerHandle | None = None
-        self._progress: Progress = (digest.total, digest.verified_offset)
+        self.sync = sync
+        self._synced = digest.released  # what the writer held durably when the stage began
+        self._progress: Progress = (digest.total, self._synced if sync else 0)
         self.on_progress = on_progress
         self.writer = writer
         self.digest = digest
@@ -77,41 +91,44 @@ class WriteStage:
 
     # -- worker side -----------------------------------------------------------------------------
 
-    def _work(self, blocks: list[bytes | memoryview], progress: Progress) -> Progress:
+    def _work(self, blocks: list[bytes | memoryview], progress: Progress, sync: bool) -> Progress:
         if self._broken:
             return progress
-        write = self.writer.fwup_chunk
+        name = "fwup_chunk"
         try:
+            write = self.writer.fwup_chunk
             for block in blocks:
                 write(block)
+            if sync:
+                name = "fwup_sync"
+                self.writer.fwup_sync()
         except Exception as exc:
             self._broken = True
-            raise WriterError(f"fwup_chunk failed: {type(exc).__name__}: {exc}") from exc
+            raise WriterError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
         return progress
+
+    def _durable_point(self) -> tuple[Progress, bool]:
+        """The progress to report once the blocks handed over so far are written, and whether
+        the writer must sync them first (they reach further than the last sync)."""
+        released = self.digest.released
+        if not self.sync:
+            return (self.digest.total, 0), False
+        needs_sync = released > self._synced
+        self._synced = released
+        return (self.digest.total, released), needs_sync
 
     # -- loop side -------------------------------------------------------------------------------
 
     async def feed(self, chunk: bytes) -> Progress | None:
         """Hand over the next chunk. Returns the progress of the work completed so far (None if
         nothing completed during this call). Raises the first failure of any earlier chunk."""
+        # On the loop; may raise ChecksumMismatch (a bad part). Returns verified blocks only.
+        blocks = self.digest.feed(chunk)
         if self._on_loop:
-            blocks = self.digest.feed(chunk)
-            for block in blocks:
-                try:
-                    await self.writer.fwup_chunk(block)
-                except UpdateError:
-                    raise
-                except Exception as exc:
-                    raise WriterError(f"fwup_chunk failed: {type(exc).__name__}: {exc}") from exc
-            done = self.digest.total, self.digest.verified_offset
-            if self.on_progress is not None:
-                self.on_progress(done)
-            return done
-        blocks = self.digest.feed(chunk)  # on the loop; may raise ChecksumMismatch (a bad part)
+            return await self._write_on_loop(blocks)
         if blocks:
             self._batched.extend(blocks)
             self._batched_size += sum(map(len, blocks))
-        self._progress = self.digest.total, self.digest.verified_offset
         if self._batched_size >= self.batch:
             self._submit()
         elif self._batched and self._flush_timer is None:
@@ -125,6 +142,36 @@ class WriteStage:
             progress = await self._harvest()
         return progress
 
+    async def _write_on_loop(self, blocks: list[bytes | memoryview]) -> Progress:
+        """An ``async def fwup_chunk`` writer: write (and sync) on the loop, in order."""
+        name = "fwup_chunk"
+        try:
+            for block in blocks:
+                await self.writer.fwup_chunk(block)
+            done, needs_sync = self._durable_point()
+            if needs_sync:
+                name = "fwup_sync"
+                result = self.writer.fwup_sync()
+                if inspect.isawaitable(result):
+                    await result
+        except UpdateError:
+            raise
+        except Exception as exc:
+            raise WriterError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+        if self.on_progress is not None:
+            self.on_progress(done)
+        return done
+
+    async def write_final(self, blocks: list[bytes | memoryview]) -> None:
+        """Write the blocks :meth:`StreamingDigest.flush` returned (after verification), then
+        wait for every write. Raises the first failure."""
+        if self._on_loop:
+            await self._write_on_loop(blocks)
+            return
+        self._batched.extend(blocks)
+        self._batched_size += sum(map(len, blocks))
+        await self.drain()
+
     def _submit(self) -> None:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
@@ -135,7 +182,9 @@ class WriteStage:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="nhlink-firmware")
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._work, chunks, self._progress)
+        progress, needs_sync = self._durable_point()
+        self._progress = progress
+        future = loop.run_in_executor(self._executor, self._work, chunks, progress, needs_sync)
         self._in_flight += 1
         future.add_done_callback(self._done)
         self._pending.append(future)
@@ -160,7 +209,7 @@ class WriteStage:
     async def drain(self) -> Progress:
         """Wait for every chunk handed over; raises the first failure."""
         self._submit()
-        progress = (self.digest.total, self.digest.verified_offset)
+        progress = self._progress
         while self._pending:
             progress = await self._harvest()
         return progress
@@ -183,8 +232,11 @@ class WriteStage:
 
     def replace_digest(self, digest: StreamingDigest) -> None:
         """Start over with a fresh digest (after :meth:`drain` or :meth:`settle`)."""
-        assert not self._pending and not self._batched, "replace_digest with chunks in flight"
+        if self._pending or self._batched:
+            raise RuntimeError("replace_digest() with chunks in flight: drain() or settle() first")
         self.digest = digest
+        self._synced = digest.released
+        self._progress = (digest.total, self._synced if self.sync else 0)
         self._broken = False
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -72,16 +73,30 @@ async def _pump(
                 await result
 
 
-async def kill_and_reap(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
-    """Terminate ``proc`` (SIGTERM, then SIGKILL after ``grace`` seconds) and wait for it."""
+async def kill_and_reap(
+    proc: asyncio.subprocess.Process, grace: float = 5.0, *, group: bool = False
+) -> None:
+    """Terminate ``proc`` (SIGTERM, then SIGKILL after ``grace`` seconds) and wait for it.
+
+    ``group``: ``proc`` leads its own process group (``start_new_session=True``): signal the
+    whole group, so a pipeline or a helper it started cannot carry on (and, say, act on the
+    end of its input once nhlink's pipe closes)."""
+
+    def signal_it(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+
     if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
+        signal_it(signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), grace)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            signal_it(signal.SIGKILL)
+    if group:
+        signal_it(signal.SIGKILL)  # whatever of the group outlived its leader
     with contextlib.suppress(Exception):
         await asyncio.wait_for(proc.wait(), grace)
 

@@ -24,8 +24,13 @@ class CommandWriter(FwupWriter):
 
     ``fwup_finish`` closes stdin and waits for the command; a non-zero exit (or a command that
     stopped reading early) fails the update with the exit status and the tail of its stderr.
-    ``fwup_abort`` kills it. The command runs without a shell; ``{size}`` in an argument is
-    replaced by the announced image size.
+    ``fwup_abort`` kills it — its whole process group, before its input is ever closed, so a
+    command that acts on end-of-input never sees the end of an image that failed. The command
+    runs without a shell, in a session of its own; ``{size}`` in an argument is replaced by
+    the announced image size. ``env`` is added to nhlink's environment (not a replacement).
+
+    The input never holds an image that failed verification: nhlink holds back the last bytes
+    (or, with part checksums, each part) until they are verified (see :class:`FwupWriter`).
 
     Nothing is buffered here beyond the pipe: a slow command slows the download (backpressure).
     """
@@ -51,7 +56,7 @@ class CommandWriter(FwupWriter):
     async def fwup_begin(
         self, size: int, firmware_meta: Mapping[str, Any], offset: int = 0
     ) -> None:
-        if offset:
+        if offset:  # never asked: supports_resume is False
             raise WriterError("CommandWriter cannot resume at an offset")
         argv = [a.replace("{size}", str(size)) for a in self.argv]
         try:
@@ -61,7 +66,8 @@ class CommandWriter(FwupWriter):
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=self.cwd,
-                env=self.env,
+                env=_proc.merged_env(self.env),
+                start_new_session=True,
             )
         except OSError as exc:
             raise WriterError(f"cannot start {argv[0]}: {exc}") from exc
@@ -80,11 +86,12 @@ class CommandWriter(FwupWriter):
     async def _failed(self, what: str) -> WriterError:
         proc = self._proc
         assert proc is not None
+        code: int | None
         try:
             code = await asyncio.wait_for(proc.wait(), 10)
         except TimeoutError:
-            proc.kill()
-            code = await proc.wait()
+            await _proc.kill_and_reap(proc, group=True)
+            code = proc.returncode
         if self._stderr_task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._stderr_task, 5)
@@ -110,7 +117,7 @@ class CommandWriter(FwupWriter):
         try:
             code = await asyncio.wait_for(proc.wait(), self.finish_timeout)
         except TimeoutError:
-            proc.kill()
+            await _proc.kill_and_reap(proc, group=True)
             raise WriterError(
                 f"{self.argv[0]} did not finish within {self.finish_timeout} s"
             ) from None
@@ -127,6 +134,6 @@ class CommandWriter(FwupWriter):
         self._proc = None
         if proc is None:
             return
-        await _proc.kill_and_reap(proc)
+        await _proc.kill_and_reap(proc, group=True)  # before its stdin is closed: no EOF
         if self._stderr_task is not None:
             self._stderr_task.cancel()

@@ -23,7 +23,10 @@ class FileWriter(FwupWriter):
     * A regular file is written to ``<dir>/.<name>.nhlink-partial``, fsynced and atomically
       renamed over ``path`` only after the image was verified (``fwup_finish``): a failed update
       never leaves a half-written image where the real one was. The partial file survives a
-      crash, so an interrupted download can resume (``supports_resume``).
+      crash, so an interrupted download can resume (``supports_resume``): nhlink syncs it
+      (:meth:`fwup_sync`) before recording a resume point and reads it back
+      (:meth:`fwup_read`) to re-verify it before continuing. It is created exclusively and
+      never through a symbolic link.
     * A block device (e.g. the inactive slot ``/dev/mmcblk0p3``) is written in place — there is
       nothing to rename; point it at the *inactive* slot only.
 
@@ -64,17 +67,37 @@ class FileWriter(FwupWriter):
             target = self.partial_path
             target.parent.mkdir(parents=True, exist_ok=True)
             if offset:
-                if not target.exists() or target.stat().st_size < offset:
+                f = self._open_partial(target, os.O_RDWR)
+                if os.fstat(f.fileno()).st_size < offset:
+                    f.close()
                     raise WriterError(f"cannot resume at byte {offset}: partial image is shorter")
-                f = open(target, "r+b")  # noqa: SIM115
                 f.truncate(offset)
                 f.seek(offset)
             else:
-                f = open(target, "wb")  # noqa: SIM115
+                target.unlink(missing_ok=True)
+                f = self._open_partial(target, os.O_RDWR | os.O_CREAT | os.O_EXCL)
             if size:
-                self._check_space(target.parent, size - offset)
+                try:
+                    self._check_space(target.parent, size - offset)
+                except BaseException:
+                    f.close()
+                    raise
         self._file = f
         self._written = offset
+
+    @staticmethod
+    def _open_partial(path: Path, flags: int) -> BinaryIO:
+        """Open the partial image without following a symbolic link planted in its place."""
+        try:
+            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            raise WriterError(f"cannot resume: no partial image at {path}") from None
+        except OSError as exc:
+            raise WriterError(f"cannot open the partial image {path}: {exc}") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise WriterError(f"{path} is not a regular file")
+        return os.fdopen(fd, "r+b")
 
     def _check_space(self, directory: Path, needed: int) -> None:
         st = os.statvfs(directory)
@@ -87,6 +110,23 @@ class FileWriter(FwupWriter):
             raise WriterError("fwup_chunk before fwup_begin")
         self._file.write(data)
         self._written += len(data)
+
+    def fwup_sync(self) -> None:
+        """Flush and fsync what was written (before nhlink records a resume point)."""
+        f = self._file
+        if f is None:
+            raise WriterError("fwup_sync before fwup_begin")
+        f.flush()
+        if self.fsync:
+            os.fsync(f.fileno())
+
+    def fwup_read(self, offset: int, size: int) -> bytes:
+        """Read back ``size`` bytes at ``offset`` of the image being written."""
+        f = self._file
+        if f is None:
+            raise WriterError("fwup_read before fwup_begin")
+        f.flush()
+        return os.pread(f.fileno(), size, offset)
 
     def fwup_finish(self) -> None:
         f = self._file

@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import re
+import stat
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,9 +98,13 @@ class RaucWriter(FwupWriter):
     """Installs RAUC bundles: spool → (``rauc info``) → ``rauc install`` → confirm after reboot.
 
     * ``spool_dir``: where the bundle is spooled (needs the bundle's size free; checked before
-      the download starts). The spool file is fsynced and closed before RAUC sees it, and
-      removed afterwards, success or not. It survives a crash, so a restarted process resumes
-      the download (``supports_resume``).
+      the download starts), in a private directory nhlink makes there:
+      ``<spool_dir>/nhlink-rauc-<uid>`` (mode 0700, owned by this user, never a symbolic link;
+      if another user planted something by that name, a fresh private temporary directory is
+      used instead). The spool file is created exclusively, never through a link, fsynced and
+      closed before RAUC sees it, checked to be the very file that was written (same inode,
+      same size), and removed afterwards, success or not. It survives a crash, so a restarted
+      process resumes the download (``supports_resume``) after re-verifying it.
     * ``config``: RAUC system config passed to the local ``rauc info`` check (``--conf``); the
       install itself uses the service's own config.
     * ``keyring``: keyring for the ``rauc info`` check (``--keyring``; default: the config's).
@@ -146,6 +152,8 @@ class RaucWriter(FwupWriter):
         self.fsync = fsync
         self._file: BinaryIO | None = None
         self._written = 0
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the spool file
+        self._private: Path | None = None  # the private spool directory, once made
         self._state: RaucSlotState | None = None
         self._confirmed_now = False
         self._installed_here = False
@@ -153,9 +161,70 @@ class RaucWriter(FwupWriter):
     # -- plumbing ----------------------------------------------------------------------------
 
     @property
+    def private_dir(self) -> Path:
+        """The private directory the bundle is spooled in."""
+        return self._private or self.spool_dir / f"nhlink-rauc-{os.geteuid()}"
+
+    @property
     def spool_path(self) -> Path:
         """The spooled bundle (kept only while an update runs or after a crash)."""
-        return self.spool_dir / "nhlink-update.raucb"
+        return self.private_dir / "nhlink-update.raucb"
+
+    def _ensure_private_dir(self) -> Path:
+        """Make (or check) the private spool directory: ours, 0700, not a link."""
+        if self._private is not None:
+            return self._private
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        wanted = self.private_dir
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(wanted, 0o700)
+        st = os.lstat(wanted)
+        if (
+            stat.S_ISDIR(st.st_mode)
+            and st.st_uid == os.geteuid()
+            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        ):
+            if st.st_mode & 0o077:
+                os.chmod(wanted, 0o700)
+            self._private = wanted
+        else:
+            # Someone else's (or a link): do not touch it; spool somewhere nobody can predict.
+            self._private = Path(tempfile.mkdtemp(prefix="nhlink-rauc-", dir=self.spool_dir))
+            logger.warning(
+                "%s is not a private directory of this user; spooling in %s (no resume "
+                "across restarts)",
+                wanted,
+                self._private,
+            )
+        return self._private
+
+    def _open_spool(self, flags: int) -> BinaryIO:
+        path = self.spool_path
+        try:
+            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            raise WriterError("cannot resume: no spooled bundle") from None
+        except OSError as exc:
+            raise WriterError(f"cannot open the spool file {path}: {exc}") from exc
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise WriterError(f"{path} is not a regular file")
+        self._identity = (st.st_dev, st.st_ino)
+        return os.fdopen(fd, "r+b")
+
+    def _check_spool_unchanged(self, path: Path) -> None:
+        """The file RAUC will read is the one written (and verified) here."""
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            raise WriterError(f"the spooled bundle disappeared: {exc}") from exc
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or (st.st_dev, st.st_ino) != self._identity
+            or st.st_size != self._written
+        ):
+            raise WriterError(f"the spooled bundle {path} was replaced or changed; not installing")
 
     def set_progress_reporter(self, progress: Callable[[int], None] | None) -> None:
         """Set (or clear) the install progress callback; see ``progress``."""
@@ -178,20 +247,22 @@ class RaucWriter(FwupWriter):
 
     def fwup_begin(self, size: int, firmware_meta: Mapping[str, Any], offset: int = 0) -> None:
         self._close()
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._ensure_private_dir()
         path = self.spool_path
         f: BinaryIO
         if offset:
-            if not path.exists() or path.stat().st_size < offset:
+            f = self._open_spool(os.O_RDWR)
+            if os.fstat(f.fileno()).st_size < offset:
+                f.close()
                 raise WriterError(f"cannot resume at byte {offset}: the spooled bundle is shorter")
-            f = open(path, "r+b")  # noqa: SIM115 - kept open across chunks
             f.truncate(offset)
             f.seek(offset)
         else:
-            f = open(path, "wb")  # noqa: SIM115
+            path.unlink(missing_ok=True)
+            f = self._open_spool(os.O_RDWR | os.O_CREAT | os.O_EXCL)
         try:
             if size:
-                st = os.statvfs(self.spool_dir)
+                st = os.statvfs(path.parent)
                 free = st.f_bavail * st.f_frsize
                 needed = size - offset + SPOOL_MARGIN
                 if free < needed:
@@ -212,6 +283,21 @@ class RaucWriter(FwupWriter):
         self._file.write(data)
         self._written += len(data)
 
+    def fwup_sync(self) -> None:
+        """Flush and fsync the spool file (before nhlink records a resume point)."""
+        if self._file is None:
+            raise WriterError("fwup_sync before fwup_begin")
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+
+    def fwup_read(self, offset: int, size: int) -> bytes:
+        """Read back ``size`` bytes of the spooled bundle at ``offset``."""
+        if self._file is None:
+            raise WriterError("fwup_read before fwup_begin")
+        self._file.flush()
+        return os.pread(self._file.fileno(), size, offset)
+
     async def fwup_finish(self) -> None:
         f = self._file
         if f is None:
@@ -224,8 +310,10 @@ class RaucWriter(FwupWriter):
                 os.fsync(f.fileno())
             f.close()
             self._file = None
+            self._check_spool_unchanged(path)
             if self.check_bundle:
                 await self._check(path)
+            self._check_spool_unchanged(path)
             await self._install(path)
         finally:
             self._close()

@@ -4,10 +4,11 @@ Each row downloads the same 256 MiB image from one :class:`~nhlink.testing.firmw
 (its own process, serving with ``sendfile``), SHA-256-verifies it and writes it to a null writer:
 
 * ``nhlink-cython`` / ``nhlink-python``: :func:`nhlink.update.download.download` into a sink
-  that does what the update manager does: ``StreamingDigest.feed`` (compiled / pure core, with
-  the whole-file checksum, so the verification gate holds the last block back), each released
-  64 KiB block to the writer through the write stage, then ``flush`` (verifies, releases the
-  rest);
+  that does what the update manager does with a current server's update: ``StreamingDigest``
+  (compiled / pure core) with the whole-file checksum *and* the 1 MiB part checksums, so every
+  byte is hashed twice and the verification gate holds each part back until it matched; the
+  released 64 KiB blocks go to the writer through the write stage; then ``flush`` (verifies,
+  releases the rest);
 * ``aiohttp``: ``session.get`` + ``iter_any()`` + ``hashlib.sha256().update`` + writer, per chunk;
 * ``raw-socket`` (the baseline): an HTTP/1.1 GET on a blocking socket, ``recv_into`` one
   preallocated 1 MiB buffer, ``hashlib`` + writer on each read.
@@ -69,7 +70,7 @@ async def _serve(path: str, port_file: str) -> None:
 # -- clients (one process per run) ---------------------------------------------------------------
 
 
-async def _nhlink(core_name: str, url: str, size: int, digest: str) -> int:
+async def _nhlink(core_name: str, url: str, size: int, digest: str, parts: list[str]) -> int:
     import importlib
 
     from nhlink.update.download import DownloadOptions, download
@@ -85,14 +86,17 @@ async def _nhlink(core_name: str, url: str, size: int, digest: str) -> int:
 
     class Sink:  # the update manager's download sink, minus status reports
         def __init__(self) -> None:
-            self.stage = WriteStage(NullFwupWriter(), core.StreamingDigest(checksum=digest))
+            self.stage = WriteStage(NullFwupWriter(), self._digest())
+
+        def _digest(self) -> Any:
+            return core.StreamingDigest(part_checksums=parts, checksum=digest)
 
         async def attempt(self, number: int, offset: int) -> None:
             pass
 
         async def restart(self) -> None:
             await self.stage.drain()
-            self.stage.replace_digest(core.StreamingDigest(checksum=digest))
+            self.stage.replace_digest(self._digest())
 
         def total_size(self, size: int) -> None:
             pass
@@ -167,7 +171,7 @@ def _raw_socket(url: str, size: int, digest: str) -> int:
     return size
 
 
-def client(impl: str, url: str, size: int, digest: str) -> dict[str, Any]:
+def client(impl: str, url: str, size: int, digest: str, parts: list[str]) -> dict[str, Any]:
     # Import what the row needs before the clock starts: importing aiohttp alone takes longer
     # than some downloads.
     if impl.startswith("nhlink"):
@@ -181,9 +185,9 @@ def client(impl: str, url: str, size: int, digest: str) -> dict[str, Any]:
     before = _status_mib("VmRSS") or 0.0
     wall, cpu = time.perf_counter(), time.process_time()
     if impl == "nhlink-cython":
-        asyncio.run(_nhlink("cython", url, size, digest))
+        asyncio.run(_nhlink("cython", url, size, digest, parts))
     elif impl == "nhlink-python":
-        asyncio.run(_nhlink("python", url, size, digest))
+        asyncio.run(_nhlink("python", url, size, digest, parts))
     elif impl == "aiohttp":
         asyncio.run(_aiohttp(url, size, digest))
     elif impl == "raw-socket":
@@ -225,15 +229,20 @@ def _peak_rss_mib() -> float:
 
 
 def _make_image(path: Path, size: int) -> str:
+    """Write the image; return its SHA-256, and write its part checksums to ``<path>.parts``
+    (JSON), upper-case as the server sends them (§7.1)."""
     hasher = hashlib.sha256()
+    parts: list[str] = []
     with path.open("wb") as file:
         left = size
         while left:
-            block = os.urandom(min(left, 4 * MIB))
+            block = os.urandom(min(left, MIB))
             hasher.update(block)
+            parts.append(hashlib.sha256(block).hexdigest().upper())
             file.write(block)
             left -= len(block)
-    return hasher.hexdigest().upper()  # as the server sends it (§7.1)
+    path.with_name(path.name + ".parts").write_text(json.dumps(parts))
+    return hasher.hexdigest().upper()
 
 
 def _available(impl: str) -> bool:
@@ -253,15 +262,16 @@ def main() -> None:
     parser.add_argument("--impl", action="append", choices=IMPLS, help="rows to run (default all)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--serve", nargs=2, metavar=("PATH", "URL_FILE"), help=argparse.SUPPRESS)
-    parser.add_argument("--client", nargs=4, metavar=("IMPL", "URL", "SIZE", "SHA"))
+    parser.add_argument("--client", nargs=5, metavar=("IMPL", "URL", "SIZE", "SHA", "PARTS"))
     args = parser.parse_args()
 
     if args.serve:
         asyncio.run(_serve(*args.serve))
         return
     if args.client:
-        impl, url, size, digest = args.client
-        print(json.dumps(client(impl, url, int(size), digest)))
+        impl, url, size, digest, parts_file = args.client
+        parts = json.loads(Path(parts_file).read_text())
+        print(json.dumps(client(impl, url, int(size), digest, parts)))
         return
 
     size = args.size_mib * MIB
@@ -282,7 +292,16 @@ def main() -> None:
             for _ in range(args.repeat):
                 for impl in impls:  # interleaved, so drift affects every row alike
                     out = subprocess.run(
-                        [sys.executable, __file__, "--client", impl, url, str(size), digest],
+                        [
+                            sys.executable,
+                            __file__,
+                            "--client",
+                            impl,
+                            url,
+                            str(size),
+                            digest,
+                            str(image) + ".parts",
+                        ],
                         check=True,
                         capture_output=True,
                         text=True,

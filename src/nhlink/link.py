@@ -392,6 +392,11 @@ class NervesHubLink:
             raise
         return ref
 
+    def delivered(self, ref: str) -> bool:
+        """Whether the server processed the message sent with ``ref`` (a later heartbeat was
+        answered); see :meth:`PhoenixSession.delivered`."""
+        return self.session.delivered(ref)
+
     def _forget_reply(self, ref: str) -> None:
         self._reply_handlers.pop(ref, None)
         self.session.forget_reply(ref)
@@ -693,6 +698,10 @@ class NervesHubLink:
                     state=LinkState.JOINED, joins=self._status.joins + 1, last_error=None
                 )
                 logger.info("%s: joined the device channel", self.name)
+                try:
+                    await self.updates.joined()
+                except Exception:
+                    logger.exception("%s: updates.joined failed", self.name)
                 await self._device_joined(event.response)
                 return True
             await self._other_joined(event)

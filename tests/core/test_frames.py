@@ -430,10 +430,20 @@ def test_max_message_size_over_fragments(core: ModuleType) -> None:
 
 
 def test_message_size_restarts_with_each_message(core: ModuleType) -> None:
+    # Three 100-byte messages through a 100-byte limit: each message's count starts at 0.
     parser = core.FrameParser(max_message_size=100)
     for _ in range(3):
-        parser.feed(server_frame(core.OP_BINARY, b"x" * 60, fin=False))
-        parser.feed(server_frame(core.OP_CONT, b"x" * 40))
+        [first] = parser.feed(server_frame(core.OP_BINARY, b"x" * 60, fin=False))
+        assert (first.opcode, first.fin, len(first.payload)) == (core.OP_BINARY, False, 60)
+        assert parser.message_in_progress
+        [last] = parser.feed(server_frame(core.OP_CONT, b"x" * 40))
+        assert (last.opcode, last.fin, len(last.payload)) == (core.OP_CONT, True, 40)
+        assert not parser.message_in_progress
+    # One byte more in a message is refused.
+    parser.feed(server_frame(core.OP_BINARY, b"x" * 60, fin=False))
+    with pytest.raises(FrameError) as info:
+        parser.feed(server_frame(core.OP_CONT, b"x" * 41))
+    assert info.value.close_code == 1009
 
 
 def test_continuation_without_a_message(core: ModuleType) -> None:

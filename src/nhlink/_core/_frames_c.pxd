@@ -117,17 +117,26 @@ cdef class FrameParser:
         p="const unsigned char *",
         b0="unsigned char",
         b1="unsigned char",
-        length7=int,
         opcode=int,
-        fin=bint,
         rsv1=bint,
-        check_text=bint,
         hlen=Py_ssize_t,
-        i=Py_ssize_t,
-        length="unsigned long long",
         size="long long",
     )
     cdef Py_ssize_t _header(self, bytes buf, Py_ssize_t pos, Py_ssize_t n) except -2
+
+    @cython.locals(opcode=int, fin=bint, rsv1=bint, length7=int)
+    cdef inline Py_ssize_t _first_bytes(self, int b0, int b1) except -1
+
+    # (except *, not except -1: Cython 3.3 emits "-1LLLL" for a long long return in pure mode)
+    @cython.locals(
+        p="const unsigned char *", i=Py_ssize_t, length="unsigned long long", size="long long"
+    )
+    cdef inline long long _length(
+        self, bytes buf, Py_ssize_t pos, Py_ssize_t hlen, int length7
+    ) except *
+
+    @cython.locals(check_text=bint)
+    cdef inline bint _within_limits(self, int opcode, bint rsv1, long long size) except -1
 
     @cython.locals(opcode=int, fin=bint)
     cdef Frame _complete(self, bytes payload)

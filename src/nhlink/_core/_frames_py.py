@@ -572,6 +572,22 @@ class FrameParser:
         p = buf  # compiled: a const unsigned char * into buf
         b0 = p[pos]
         b1 = p[pos + 1]
+        hlen = self._first_bytes(b0, b1)
+        if n - pos < hlen:
+            return -1
+        opcode = b0 & 0x0F
+        rsv1 = (b0 & 0x40) != 0
+        size = self._length(buf, pos, hlen, b1 & 0x7F)
+        self._opcode = opcode
+        self._fin = (b0 & 0x80) != 0
+        self._rsv1 = rsv1
+        self._check_text = self._within_limits(opcode, rsv1, size)
+        self._remaining = size
+        self._state = _ST_PAYLOAD
+        return pos + hlen
+
+    def _first_bytes(self, b0: int, b1: int) -> int:
+        """The checks on a header's first two bytes; returns the header's length (2, 4 or 10)."""
         opcode = b0 & 0x0F
         fin = (b0 & 0x80) != 0
         rsv1 = (b0 & 0x40) != 0
@@ -597,41 +613,40 @@ class FrameParser:
                 raise FrameError(
                     "RSV1 set on a control frame (RFC 7692 §6.1)", _CLOSE_PROTOCOL_ERROR
                 )
-            hlen = 2
-        else:
-            if opcode > _OP_BINARY:
-                raise FrameError(f"reserved opcode {opcode} (RFC 6455 §5.2)", _CLOSE_PROTOCOL_ERROR)
-            if rsv1:
-                if not self._allow_rsv1:
-                    raise FrameError(
-                        "RSV1 set without a negotiated extension (RFC 6455 §5.2)",
-                        _CLOSE_PROTOCOL_ERROR,
-                    )
-                if opcode == _OP_CONT:
-                    raise FrameError(
-                        "RSV1 set on a continuation frame (RFC 7692 §6.1)", _CLOSE_PROTOCOL_ERROR
-                    )
-            # §5.4: a message is one frame without FIN, continuations, then one with FIN; the
-            # fragments of two data messages never interleave.
-            if opcode == _OP_CONT:
-                if self._msg_opcode == _NO_MESSAGE:
-                    raise FrameError(
-                        "continuation frame without a message in progress (RFC 6455 §5.4)",
-                        _CLOSE_PROTOCOL_ERROR,
-                    )
-            elif self._msg_opcode != _NO_MESSAGE:
+            return 2
+        if opcode > _OP_BINARY:
+            raise FrameError(f"reserved opcode {opcode} (RFC 6455 §5.2)", _CLOSE_PROTOCOL_ERROR)
+        if rsv1:
+            if not self._allow_rsv1:
                 raise FrameError(
-                    "new data message before the fragmented one finished (RFC 6455 §5.4)",
+                    "RSV1 set without a negotiated extension (RFC 6455 §5.2)",
                     _CLOSE_PROTOCOL_ERROR,
                 )
-            if length7 < 126:
-                hlen = 2
-            elif length7 == 126:
-                hlen = 4
-            else:
-                hlen = 10
-        if n - pos < hlen:
-            return -1
+            if opcode == _OP_CONT:
+                raise FrameError(
+                    "RSV1 set on a continuation frame (RFC 7692 §6.1)", _CLOSE_PROTOCOL_ERROR
+                )
+        # §5.4: a message is one frame without FIN, continuations, then one with FIN; the
+        # fragments of two data messages never interleave.
+        if opcode == _OP_CONT:
+            if self._msg_opcode == _NO_MESSAGE:
+                raise FrameError(
+                    "continuation frame without a message in progress (RFC 6455 §5.4)",
+                    _CLOSE_PROTOCOL_ERROR,
+                )
+        elif self._msg_opcode != _NO_MESSAGE:
+            raise FrameError(
+                "new data message before the fragmented one finished (RFC 6455 §5.4)",
+                _CLOSE_PROTOCOL_ERROR,
+            )
+        if length7 < 126:
+            return 2
+        return 4 if length7 == 126 else 10
+
+    def _length(self, buf: bytes, pos: int, hlen: int, length7: int) -> int:
+        """The payload length of the (complete) header at ``buf[pos]``, checked: minimal
+        encoding, top bit clear, at most ``max_frame_size``."""
+        p = buf  # compiled: a const unsigned char * into buf
         # §5.2: "the minimal number of bytes MUST be used to encode the length".
         length = length7
         if hlen == 4:
@@ -655,33 +670,30 @@ class FrameParser:
                 f"frame of {size} bytes exceeds max_frame_size {self._max_frame_size}",
                 _CLOSE_MESSAGE_TOO_BIG,
             )
-        check_text = False
-        if opcode < _OP_CLOSE:
-            if opcode == _OP_CONT:
-                if size > self._max_message_size - self._msg_size:
-                    raise FrameError(
-                        f"message of {self._msg_size + size} bytes exceeds max_message_size "
-                        f"{self._max_message_size}",
-                        _CLOSE_MESSAGE_TOO_BIG,
-                    )
-                # Compressed text is validated after inflating, by the layer above.
-                check_text = self._msg_opcode == _OP_TEXT and not self._msg_rsv1
-            else:
-                if size > self._max_message_size:
-                    raise FrameError(
-                        f"message of {size} bytes exceeds max_message_size "
-                        f"{self._max_message_size}",
-                        _CLOSE_MESSAGE_TOO_BIG,
-                    )
-                check_text = opcode == _OP_TEXT and not rsv1
-            check_text = check_text and self._validate_utf8
-        self._opcode = opcode
-        self._fin = fin
-        self._rsv1 = rsv1
-        self._check_text = check_text
-        self._remaining = size
-        self._state = _ST_PAYLOAD
-        return pos + hlen
+        return size
+
+    def _within_limits(self, opcode: int, rsv1: bool, size: int) -> bool:
+        """Check a data frame against ``max_message_size``; return whether its payload goes
+        through the UTF-8 validator (uncompressed text, when validating)."""
+        if opcode >= _OP_CLOSE:
+            return False
+        if opcode == _OP_CONT:
+            if size > self._max_message_size - self._msg_size:
+                raise FrameError(
+                    f"message of {self._msg_size + size} bytes exceeds max_message_size "
+                    f"{self._max_message_size}",
+                    _CLOSE_MESSAGE_TOO_BIG,
+                )
+            # Compressed text is validated after inflating, by the layer above.
+            check_text = self._msg_opcode == _OP_TEXT and not self._msg_rsv1
+        else:
+            if size > self._max_message_size:
+                raise FrameError(
+                    f"message of {size} bytes exceeds max_message_size {self._max_message_size}",
+                    _CLOSE_MESSAGE_TOO_BIG,
+                )
+            check_text = opcode == _OP_TEXT and not rsv1
+        return check_text and self._validate_utf8
 
     def _complete(self, payload: bytes) -> Frame:
         """Account for the frame whose payload just completed; return it as a Frame."""

@@ -103,6 +103,7 @@ class PhoenixSession:
         self._channels: dict[str, _Channel] = {}
         self._pending_pushes: dict[str, str] = {}  # ref -> topic, for pushes whose reply matters
         self._heartbeat_ref: str | None = None
+        self._answered = 0  # highest ref of a heartbeat the server answered (kept across resets)
 
     def next_ref(self) -> str:
         self._counter += 1
@@ -144,6 +145,12 @@ class PhoenixSession:
         if track_reply:
             self._pending_pushes[ref] = topic
         return _core.encode_message(channel.join_ref, ref, topic, event, payload)
+
+    def delivered(self, ref: str) -> bool:
+        """Whether the server has processed the message sent with ``ref``: a heartbeat sent
+        after it was answered (one socket, one ordered stream, one increasing ref counter).
+        Device-channel pushes get no reply of their own (§13.7); this is their receipt."""
+        return int(ref) < self._answered
 
     def forget_reply(self, ref: str) -> None:
         """Stop waiting for the reply to push ``ref`` (one that may never come: the server
@@ -203,6 +210,7 @@ class PhoenixSession:
             return None
         if topic == wire.TOPIC_PHOENIX and ref == self._heartbeat_ref:
             self._heartbeat_ref = None
+            self._answered = max(self._answered, int(ref))
             return None
         channel = self._channels.get(topic)
         if channel is not None and ref == channel.join_ref and channel.state == _JOINING:

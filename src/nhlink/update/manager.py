@@ -91,7 +91,12 @@ class UpdateHost(Protocol):
     def firmware_ssl_context(self) -> ssl.SSLContext | None: ...
 
     async def send(self, topic: str, event: str, payload: Any) -> str:
-        """Push on a joined topic; raises an :class:`~nhlink.errors.NHLinkError` when it can't."""
+        """Push on a joined topic; returns its ref. Raises an
+        :class:`~nhlink.errors.NHLinkError` when it can't."""
+        ...
+
+    def delivered(self, ref: str) -> bool:
+        """Whether the server has processed the message sent with ``ref``."""
         ...
 
 
@@ -267,6 +272,10 @@ class UpdateManager:
         self.completed: list[UpdateInfo] = []
         self._client_percent = -1
         self._sent_percent: dict[str, int] = {}
+        #: updates taken on (decided, downloaded...), since the link was made
+        self.taken = 0
+        #: the last final status sent (payload, ref; None when it could not be sent)
+        self._verdict: tuple[dict[str, Any], str | None] | None = None
         self._stopping = False
         self._side_tasks: set[asyncio.Task[None]] = set()
 
@@ -280,7 +289,13 @@ class UpdateManager:
         # Only the server's statuses are ever sent (§7.4): anything else crashes its channel.
         if status not in wire.STATUSES:
             raise LocalProtocolError(f"not a NervesHub update status: {status!r}")
-        await self._send(wire.EVENT_STATUS_UPDATE, {"status": status, **fields})
+        payload = {"status": status, **fields}
+        ref = await self._send(wire.EVENT_STATUS_UPDATE, payload)
+        if status in (wire.STATUS_COMPLETED, wire.STATUS_FAILED):
+            # The verdict matters to the server (success, penalty box, failure thresholds). It
+            # counts as delivered once a later heartbeat was answered; until then the next join
+            # sends it again (at least once: a socket can take a message and die).
+            self._verdict = (payload, ref)
 
     async def progress(self, stage: str, percent: int) -> None:
         # One non-decreasing sequence per stage and update: the download and a streaming
@@ -296,11 +311,13 @@ class UpdateManager:
     async def _callback(self, name: str, fn: Any, *args: Any) -> None:
         await call_callback(name, fn, *args, timeout=self.policy.callback_timeout)
 
-    async def _send(self, event: str, payload: dict[str, Any]) -> None:
+    async def _send(self, event: str, payload: dict[str, Any]) -> str | None:
+        """Send; the ref, or None when it could not be sent (logged)."""
         try:
-            await self.host.send(wire.TOPIC_DEVICE, event, payload)
+            return await self.host.send(wire.TOPIC_DEVICE, event, payload)
         except NHLinkError as exc:
             logger.info("%s: could not report %s %s: %s", self.name, event, payload, exc)
+            return None
 
     async def save_resume_point(self, info: UpdateInfo, verified_offset: int) -> None:
         store = self.host.store
@@ -340,10 +357,35 @@ class UpdateManager:
             logger.info("%s: ignoring update %s: stopping", self.name, info.uuid)
             return
         self._cancel_reschedule()
+        self.taken += 1
         self._task = asyncio.create_task(self._run(info), name=f"nhlink:{self.name}:update")
+
+    async def wait_idle(self) -> None:
+        """Return once no update is running (at once if none is)."""
+        while (task := self._task) is not None and not task.done():
+            await asyncio.wait({task})
 
     async def connection_lost(self) -> None:
         """The socket dropped: a running download carries on (it does not need the socket)."""
+
+    async def joined(self) -> None:
+        """The device channel is joined (again): send the last verdict again unless the
+        server is known to have processed it."""
+        verdict = self._verdict
+        if verdict is None:
+            return
+        payload, ref = verdict
+        if ref is not None and self.host.delivered(ref):
+            self._verdict = None
+            return
+        logger.info("%s: reporting %s again (its delivery is not confirmed)", self.name, payload)
+        self._verdict = (payload, await self._send(wire.EVENT_STATUS_UPDATE, payload))
+
+    @property
+    def verdict_pending(self) -> bool:
+        """A final status whose delivery is not confirmed yet."""
+        verdict = self._verdict
+        return verdict is not None and (verdict[1] is None or not self.host.delivered(verdict[1]))
 
     def start(self) -> None:
         """Accept updates (again): called when the link starts."""
@@ -387,6 +429,7 @@ class UpdateManager:
         self.current = info
         self._client_percent = -1
         self._sent_percent = {}
+        self._verdict = None  # a new update: the old verdict is history
         try:
             await self.report(wire.STATUS_RECEIVED)
             decision = await self._decide(info)
@@ -486,38 +529,49 @@ class UpdateManager:
     async def _begin(self, info: UpdateInfo, writer: FwupWriter) -> _core.StreamingDigest:
         """Begin the writer, resuming a saved image where its re-verified prefix allows.
 
-        Returns the digest positioned where the download starts (``digest.total``)."""
-        digest = _new_digest(info)
-        point = self._saved_resume_point(info, writer)
-        if point:
-            size, meta = info.size or 0, info.firmware_meta
-            try:
-                await call_writer("fwup_begin", writer.fwup_begin, size, meta, point)
-            except WriterError as exc:
-                logger.warning(
-                    "%s: cannot resume at byte %d (%s); starting over", self.name, point, exc
-                )
-                await self._abort_quietly(writer)
-            else:
-                good = await self._verify_prefix(writer, digest, point)
-                if good == point:
-                    logger.info("%s: resuming update %s at byte %d", self.name, info.uuid, point)
-                    return digest
-                logger.warning(
-                    "%s: the image held for update %s is damaged at byte %d (resume point %d); %s",
-                    self.name,
-                    info.uuid,
-                    good,
-                    point,
-                    f"resuming at byte {good}" if good else "starting over",
-                )
-                if good:
-                    await call_writer("fwup_begin", writer.fwup_begin, size, meta, good)
-                    return digest
-                await self._abort_quietly(writer)
-            digest = _new_digest(info)
-        await self.begin_fresh(writer, info)
-        return digest
+        Returns the digest positioned where the download starts (``digest.total``). If anything
+        fails after a ``fwup_begin`` succeeded, the writer is aborted before this raises."""
+        begun = False
+        try:
+            point = self._saved_resume_point(info, writer)
+            if point:
+                size, meta = info.size or 0, info.firmware_meta
+                try:
+                    await call_writer("fwup_begin", writer.fwup_begin, size, meta, point)
+                except WriterError as exc:
+                    logger.warning(
+                        "%s: cannot resume at byte %d (%s); starting over", self.name, point, exc
+                    )
+                    await self._abort_quietly(writer)
+                else:
+                    begun = True
+                    digest = _new_digest(info)
+                    good = await self._verify_prefix(writer, digest, point)
+                    if good == point:
+                        logger.info(
+                            "%s: resuming update %s at byte %d", self.name, info.uuid, point
+                        )
+                        return digest
+                    logger.warning(
+                        "%s: the image held for update %s is damaged at byte %d (resume point "
+                        "%d); %s",
+                        self.name,
+                        info.uuid,
+                        good,
+                        point,
+                        f"resuming at byte {good}" if good else "starting over",
+                    )
+                    if good:
+                        await call_writer("fwup_begin", writer.fwup_begin, size, meta, good)
+                        return digest
+                    begun = False
+                    await self._abort_quietly(writer)
+            await self.begin_fresh(writer, info)
+            return _new_digest(info)
+        except BaseException:
+            if begun:
+                await asyncio.shield(self._abort_quietly(writer))
+            raise
 
     async def _verify_prefix(
         self, writer: FwupWriter, digest: _core.StreamingDigest, point: int

@@ -491,10 +491,6 @@ DEVICE_SCRIPT = """
 import asyncio, json, sys
 import nhlink
 from nhlink.update.download import DownloadOptions
-from nhlink.config import LinkConfig
-from nhlink.update.download import DownloadOptions
-from nhlink.update.manager import UpdatePolicy
-from nhlink.update.writer import FwupWriter
 from nhlink.update.writers import FileWriter
 
 opts = json.loads(sys.argv[1])

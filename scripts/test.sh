@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (README "Run the tests"; CI runs exactly this through .ci/run).
 #
-# 1. Creates .venv (if missing) and installs nhlink from this checkout with its test and lint
-#    tools; the Cython extensions are REQUIRED here (a failed compile is an error).
+# 1. Creates .venv (if missing) and installs nhlink from this checkout with its test, lint and
+#    fuzzing tools (atheris); the Cython extensions are REQUIRED here (a failed compile is an
+#    error).
 # 2. Installs the real A/B updaters (RAUC, SWUpdate) from Debian's packages when run as root
 #    (their tests skip with a reason otherwise) and prepares the Autobahn|Testsuite (a Python 2.7
 #    environment, cached outside the work tree).
@@ -18,7 +19,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-NHLINK_REQUIRE_EXTENSIONS=1 .venv/bin/python -m pip install -q -e ".[test,lint]"
+NHLINK_REQUIRE_EXTENSIONS=1 .venv/bin/python -m pip install -q -e ".[test,lint,fuzz]"
 .venv/bin/python -c 'import nhlink._core as c; assert c.IMPLEMENTATION == "cython", c.IMPLEMENTATION; print("core:", c.IMPLEMENTATION)'
 
 bash scripts/updaters/install-debian.sh

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import nhlink
 from nhlink import NervesHubLink
 from nhlink.testing import FakeHub
 from nhlink.testing.firmware import FirmwareServer
@@ -27,11 +28,11 @@ from tests.support import MiB, device_options, ota_options, push, sha, statuses,
 
 from .scenarios import READ_BUFFER
 
-#: Child processes import the same nhlink as this one (the checkout's, when run from it).
+#: Child processes import the same nhlink as this one (a checkout's or an installed wheel's).
 CHILD_ENV = {
     **os.environ,
     "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[2] / "src"), os.environ.get("PYTHONPATH", "")]
+        [str(Path(next(iter(nhlink.__path__))).parent), os.environ.get("PYTHONPATH", "")]
     ),
 }
 

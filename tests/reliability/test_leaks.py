@@ -19,17 +19,18 @@ from pathlib import Path
 
 import pytest
 
+import nhlink
 from nhlink import NervesHubLink
 from nhlink.testing.proxy import FaultProxy
 from tests.support import KEY, SECRET, device_options
 
 RECONNECTS = int(os.environ.get("NHLINK_LEAK_RECONNECTS", "1000"))
 
-#: Child processes import the same nhlink as this one (the checkout's, when run from it).
+#: Child processes import the same nhlink as this one (a checkout's or an installed wheel's).
 CHILD_ENV = {
     **os.environ,
     "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[2] / "src"), os.environ.get("PYTHONPATH", "")]
+        [str(Path(next(iter(nhlink.__path__))).parent), os.environ.get("PYTHONPATH", "")]
     ),
 }
 

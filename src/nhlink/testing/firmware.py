@@ -469,7 +469,13 @@ class FirmwareServer:
                 if corrupt_at is not None and position <= corrupt_at < position + len(chunk):
                     chunk = bytearray(chunk)
                     chunk[corrupt_at - position] ^= 0xFF
-                await response.write(chunk)
+                try:
+                    await response.write(chunk)
+                except ConnectionError:  # (aiohttp's ClientConnectionResetError is one)
+                    # The client went away mid-body (a cut link, a proxy that dropped it):
+                    # recorded, not an error of the server.
+                    record.outcome = "disconnected"
+                    return response
                 position += len(chunk)
                 sent += len(chunk)
                 record.bytes_sent = sent

@@ -199,6 +199,7 @@ def test_sdist_without_a_compiler_fails_when_extensions_are_required(
     assert run(python, "-m", "pip", "show", "nhlink", check=False).returncode != 0
 
 
+@pytest.mark.timeout(900)  # the whole suite, reliability campaign included
 def test_pure_wheel_passes_the_whole_suite(workdir: Path, dists: dict[str, Path]) -> None:
     """Against the installed wheel, never the checkout: tests and config copied elsewhere."""
     python = venv(workdir / "pure", f"{dists['wheel']}[test]")

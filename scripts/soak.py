@@ -200,6 +200,10 @@ async def soak(args: argparse.Namespace) -> int:
                 events["updates"] += 1
             if time.monotonic() >= next_minute:
                 next_minute += 60
+                # The proxies keep a record per connection: drop the closed ones, so the RSS
+                # measured is the devices', not the harness's bookkeeping.
+                for proxy in (hub_proxy, fw_proxy):
+                    proxy.connections[:] = [c for c in proxy.connections if not c.done.is_set()]
                 rss, fds, tasks = stats()
                 baseline_rss = baseline_rss or rss
                 row = {

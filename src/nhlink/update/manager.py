@@ -26,6 +26,7 @@ The manager talks to the connection through :class:`UpdateHost` only (NervesHubL
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import logging
@@ -269,7 +270,9 @@ class UpdateManager:
         self._reschedule: asyncio.TimerHandle | None = None
         self.current: UpdateInfo | None = None
         self.last_error: BaseException | None = None
-        self.completed: list[UpdateInfo] = []
+        #: the updates completed by this process, the most recent last (the last 16: a device
+        #: that never reboots must not grow without bound)
+        self.completed: collections.deque[UpdateInfo] = collections.deque(maxlen=16)
         self._client_percent = -1
         self._sent_percent: dict[str, int] = {}
         #: updates taken on (decided, downloaded...), since the link was made

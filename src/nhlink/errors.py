@@ -78,6 +78,19 @@ __all__ = [
     "WriterError",
 ]
 
+def without_traceback(exc: BaseException) -> BaseException:
+    """``exc`` (and the exceptions it was raised from) without traceback frames, for keeping
+    as a "last error": a kept traceback pins every local variable of every frame it passed —
+    a connection's buffers, an update's held firmware blocks — for as long as it is kept."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+    return exc
+
+
 # RFC 6455 §7.4.1 close codes used when the peer breaks the protocol.
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_DATA = 1007

@@ -34,6 +34,7 @@ from .errors import (
     LocalProtocolError,
     NHLinkError,
     WriterError,
+    without_traceback,
 )
 from .protocol import wire
 from .protocol.auth import SharedSecretSigner
@@ -478,7 +479,7 @@ class NervesHubLink:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._set_status(last_error=exc)
+                self._set_status(last_error=without_traceback(exc))
                 if self._stop_requested():
                     logger.debug("%s: connection ended while stopping: %s", self.name, exc)
                 elif isinstance(exc, NHLinkError | OSError):

@@ -44,6 +44,7 @@ from ..errors import (
     NHLinkError,
     UpdateError,
     WriterError,
+    without_traceback,
 )
 from ..protocol import wire
 from ..protocol.lifecycle import (
@@ -459,7 +460,7 @@ class UpdateManager:
             raise
         except Exception as exc:  # anything unexpected still ends as a reported failure
             logger.exception("%s: update pipeline error", self.name)
-            self.last_error = exc
+            self.last_error = without_traceback(exc)
             await self.report(wire.STATUS_FAILED, reason=f"internal error: {exc}")
             await self._callback("fwup_error", self.host.client.fwup_error, exc)
         finally:
@@ -661,7 +662,7 @@ class UpdateManager:
     async def _fail(self, writer: FwupWriter | None, error: BaseException) -> None:
         # The writer is aborted, so a resume point would point at nothing: forget it. (A crash
         # or power cut, which calls no abort, is what resume-after-restart is for.)
-        self.last_error = error
+        self.last_error = without_traceback(error)
         logger.error("%s: firmware update failed: %s", self.name, error)
         if writer is not None:
             try:

@@ -164,6 +164,11 @@ async def soak(args: argparse.Namespace) -> int:
             except aiohttp.ClientError as exc:
                 violations.append(f"control API: {exc}")
 
+        first_snapshot = None
+        if args.trace:
+            import tracemalloc
+
+            tracemalloc.start(10)
         started = time.monotonic()
         end = started + args.minutes * 60
         next_minute = started + 60
@@ -218,6 +223,13 @@ async def soak(args: argparse.Namespace) -> int:
                 }
                 history.append(row)
                 print(json.dumps(row), flush=True)
+                if args.trace:
+                    snapshot = tracemalloc.take_snapshot()
+                    if first_snapshot is None:
+                        first_snapshot = snapshot
+                    else:
+                        for stat in snapshot.compare_to(first_snapshot, "lineno")[:8]:
+                            print(f"  trace: {stat}", flush=True)
 
         # Quiet down: no more faults; everyone back, idle.
         hub_proxy.always = fw_proxy.always = ()
@@ -282,6 +294,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--max-growth-mib", type=float, default=30)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--trace", action="store_true", help="tracemalloc: print the top growing lines each minute"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.seed is None:

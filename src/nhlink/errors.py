@@ -78,6 +78,7 @@ __all__ = [
     "WriterError",
 ]
 
+
 def without_traceback(exc: BaseException) -> BaseException:
     """``exc`` (and the exceptions it was raised from) without traceback frames, for keeping
     as a "last error": a kept traceback pins every local variable of every frame it passed —

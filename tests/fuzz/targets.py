@@ -12,6 +12,8 @@ and, where nhlink has two implementations, both must give the same answer (diffe
 
 ``python -m tests.fuzz TARGET [seconds]`` fuzzes one with atheris (coverage-guided over the
 pure-Python code); tests/fuzz/test_fuzz.py replays the corpus and runs each briefly in CI.
+Everything a target runs is imported at the top of this module, so that atheris instruments
+it (it instruments what is imported inside ``instrument_imports``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from nhlink.config import LinkConfig
 from nhlink.errors import ConfigError, DecodeError, FrameError
+from nhlink.protocol.lifecycle import UpdateInfo
+from nhlink.testing._etf import ETFError, decode
 
 PY: ModuleType = importlib.import_module("nhlink._core.python")
 try:
@@ -91,8 +96,6 @@ def codec(data: bytes) -> None:
 
 
 def etf(data: bytes) -> None:
-    from nhlink.testing._etf import ETFError, decode
-
     with contextlib.suppress(ETFError):
         decode(data)
 
@@ -105,8 +108,6 @@ def _json(data: bytes) -> Any:
 
 
 def update(data: bytes) -> None:
-    from nhlink.protocol.lifecycle import UpdateInfo
-
     value = _json(data)
     try:
         info = UpdateInfo.parse(value)
@@ -128,8 +129,6 @@ _BASE = {"host": "h", "product_key": "k", "product_secret": "s", "identifier": "
 
 
 def config(data: bytes) -> None:
-    from nhlink.config import LinkConfig
-
     value = _json(data)
     if not isinstance(value, dict):
         return

@@ -54,6 +54,7 @@ async def test_happy_path_every_status_in_order(
         await link.wait_joined(5)
         await push(hub, fw.add("fw.bin", data, query="X-Amz-Signature=secret"), data)
         await wait_status(hub, "completed")
+        assert (link.updates.completed_count, link.updates.failed_count) == (1, 0)
     assert statuses(hub) == ["received", "started", "downloading", "updating", "completed"]
     assert target.read_bytes() == data
     assert client.asked[0]["uuid"] == NEW_META["uuid"]
@@ -134,6 +135,7 @@ async def test_checksum_mismatch_leaves_old_image(
         await push(hub, fw.add("fw.bin", data), data, checksum="AB" * 32, with_parts=False)
         payload = await wait_status(hub, "failed")
         assert link.status.joined  # the connection is untouched
+        assert (link.updates.completed_count, link.updates.failed_count) == (0, 1)
     assert "SHA-256 mismatch" in payload["reason"]
     assert target.read_bytes() == b"the old firmware"
     assert not FileWriter(target).partial_path.exists()

@@ -276,8 +276,10 @@ class UpdateManager:
         self.completed: collections.deque[UpdateInfo] = collections.deque(maxlen=16)
         self._client_percent = -1
         self._sent_percent: dict[str, int] = {}
-        #: updates taken on (decided, downloaded...), since the link was made
+        #: updates taken on (decided, downloaded...), completed and failed since the link was made
         self.taken = 0
+        self.completed_count = 0
+        self.failed_count = 0
         #: the last final status sent (payload, ref; None when it could not be sent)
         self._verdict: tuple[dict[str, Any], str | None] | None = None
         self._stopping = False
@@ -461,6 +463,7 @@ class UpdateManager:
         except Exception as exc:  # anything unexpected still ends as a reported failure
             logger.exception("%s: update pipeline error", self.name)
             self.last_error = without_traceback(exc)
+            self.failed_count += 1
             await self.report(wire.STATUS_FAILED, reason=f"internal error: {exc}")
             await self._callback("fwup_error", self.host.client.fwup_error, exc)
         finally:
@@ -630,6 +633,7 @@ class UpdateManager:
             await self._clear_resume_point()
             await self.report(wire.STATUS_COMPLETED)
             self.completed.append(info)
+            self.completed_count += 1
             logger.info("%s: firmware %s installed", self.name, info.uuid)
         except asyncio.CancelledError:
             if pipeline is not None:
@@ -663,6 +667,7 @@ class UpdateManager:
         # The writer is aborted, so a resume point would point at nothing: forget it. (A crash
         # or power cut, which calls no abort, is what resume-after-restart is for.)
         self.last_error = without_traceback(error)
+        self.failed_count += 1
         logger.error("%s: firmware update failed: %s", self.name, error)
         if writer is not None:
             try:

@@ -285,12 +285,21 @@ async def test_resume_with_the_first_part_zeroed_is_caught(
     assert json.loads(state.read_text())["download"] is None
 
 
-@pytest.mark.parametrize("held_size", [0, MiB, 3 * MiB - 1])
-async def test_resume_impossible_starts_over(
-    hub: FakeHub, fw: FirmwareServer, tmp_path: Path, held_size: int
+@pytest.mark.parametrize(
+    ("held_size", "expected_range"),
+    [
+        (0, None),  # gone: start over from 0
+        (MiB - 1, None),  # not even one whole part
+        (MiB, f"bytes={MiB}-"),
+        (3 * MiB - 1, f"bytes={2 * MiB}-"),  # lost writes: resume at the last whole part held
+    ],
+)
+async def test_resume_point_beyond_the_held_image(
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path, held_size: int, expected_range: str | None
 ) -> None:
-    # The partial image is shorter than the resume point (or gone): start over from 0, no
-    # "cannot resume" failure.
+    # The partial image is shorter than the resume point (a power cut lost its last writes) or
+    # gone: resume at the last whole part it still holds (re-verified), else start over; no
+    # "cannot resume" failure either way.
     data = image(4 * MiB)
     target, _ = prepare_resume(tmp_path, data, 3 * MiB, data[:held_size])
     if held_size == 0:
@@ -304,7 +313,7 @@ async def test_resume_impossible_starts_over(
         options=ota_options(hub, tmp_path),
     )
     assert target.read_bytes() == data
-    assert [r.range for r in fw.requests_for("fw.bin")] == [None]
+    assert [r.range for r in fw.requests_for("fw.bin")] == [expected_range]
     assert "failed" not in statuses(hub)
 
 
@@ -351,7 +360,9 @@ async def test_resume_points_cover_only_synced_bytes(
         await push(hub, fw.add("fw.bin", data), data)
         await wait_status(hub, "completed")
     points = [point for point, _ in saved]
-    assert points == sorted(points) and points[-1] >= 5 * MiB  # a point per part, rising
+    # A point per part, rising, up to the last part before the end (6 MiB; the final 3-byte
+    # part is never a resume point).
+    assert points == sorted(points) and points[-1] == 6 * MiB
     assert all(point <= durable for point, durable in saved)
     assert all(point % MiB == 0 for point in points)
     assert sha(writer.path.read_bytes()) == sha(data)

@@ -71,6 +71,8 @@ logger = logging.getLogger(__name__)
 CALLBACK_FAILURE_RESCHEDULE_MS = 5 * 60 * 1000
 #: NervesHub's ``partials_checksums`` part size (§7.1).
 PART_SIZE = 1024 * 1024
+#: How many part boundaries below the saved resume point are tried when the writer holds less.
+RESUME_TRIES = 64
 
 
 class UpdateHost(Protocol):
@@ -237,7 +239,10 @@ class _Pipeline:
         """End of stream: check the size, verify (whole file and every part), and only then
         hand the bytes the gate held back to the writer."""
         await self.stage.drain()
+        latest = self._latest
         await self._stop_reporter()
+        if latest is not None:  # the last note may not have been reported yet
+            await self._advance(*latest)
         info = self.info
         total = self.digest.total
         if info.size is not None and total != info.size:
@@ -540,45 +545,63 @@ class UpdateManager:
         fails after a ``fwup_begin`` succeeded, the writer is aborted before this raises."""
         begun = False
         try:
-            point = self._saved_resume_point(info, writer)
+            saved = self._saved_resume_point(info, writer)
+            point = await self._begin_at_most(writer, info, saved) if saved else 0
             if point:
-                size, meta = info.size or 0, info.firmware_meta
-                try:
-                    await call_writer("fwup_begin", writer.fwup_begin, size, meta, point)
-                except WriterError as exc:
-                    logger.warning(
-                        "%s: cannot resume at byte %d (%s); starting over", self.name, point, exc
-                    )
-                    await self._abort_quietly(writer)
-                else:
-                    begun = True
-                    digest = _new_digest(info)
-                    good = await self._verify_prefix(writer, digest, point)
-                    if good == point:
-                        logger.info(
-                            "%s: resuming update %s at byte %d", self.name, info.uuid, point
-                        )
-                        return digest
-                    logger.warning(
-                        "%s: the image held for update %s is damaged at byte %d (resume point "
-                        "%d); %s",
-                        self.name,
-                        info.uuid,
-                        good,
-                        point,
-                        f"resuming at byte {good}" if good else "starting over",
-                    )
-                    if good:
-                        await call_writer("fwup_begin", writer.fwup_begin, size, meta, good)
-                        return digest
-                    begun = False
-                    await self._abort_quietly(writer)
+                begun = True
+                digest = _new_digest(info)
+                good = await self._verify_prefix(writer, digest, point)
+                if good == point:
+                    logger.info("%s: resuming update %s at byte %d", self.name, info.uuid, point)
+                    return digest
+                logger.warning(
+                    "%s: the image held for update %s is damaged at byte %d (resume point %d); %s",
+                    self.name,
+                    info.uuid,
+                    good,
+                    point,
+                    f"resuming at byte {good}" if good else "starting over",
+                )
+                if good:
+                    size, meta = info.size or 0, info.firmware_meta
+                    await call_writer("fwup_begin", writer.fwup_begin, size, meta, good)
+                    return digest
+                begun = False
+                await self._abort_quietly(writer)
             await self.begin_fresh(writer, info)
             return _new_digest(info)
         except BaseException:
             if begun:
                 await asyncio.shield(self._abort_quietly(writer))
             raise
+
+    async def _begin_at_most(self, writer: FwupWriter, info: UpdateInfo, saved: int) -> int:
+        """``fwup_begin`` at the saved resume point or, when the writer holds less (a power cut
+        lost its last writes), at the part boundary before it, and so on down (at most
+        ``RESUME_TRIES`` tries). Returns where it began, or 0 when it could not (nothing
+        begun: the caller starts over). A failed ``fwup_begin`` leaves nothing to abort."""
+        size, meta = info.size or 0, info.firmware_meta
+        point = saved
+        for _ in range(RESUME_TRIES):
+            if point <= 0:
+                break
+            try:
+                await call_writer("fwup_begin", writer.fwup_begin, size, meta, point)
+            except WriterError as exc:
+                logger.info("%s: cannot resume at byte %d: %s", self.name, point, exc)
+                point -= PART_SIZE
+                continue
+            if point < saved:
+                logger.warning(
+                    "%s: the image held is shorter than its resume point %d (lost writes?); "
+                    "resuming at byte %d",
+                    self.name,
+                    saved,
+                    point,
+                )
+            return point
+        logger.warning("%s: cannot resume update %s; starting over", self.name, info.uuid)
+        return 0
 
     async def _verify_prefix(
         self, writer: FwupWriter, digest: _core.StreamingDigest, point: int

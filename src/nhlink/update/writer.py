@@ -58,7 +58,9 @@ class FwupWriter:
         first ``offset`` bytes already held, drop anything after them, continue at ``offset``.
         When the re-read prefix turns out damaged, nhlink calls ``fwup_begin`` again with a
         smaller offset (or aborts and begins from 0). Raise if the image cannot be continued
-        there (nhlink then starts over from 0)."""
+        there, e.g. it holds fewer bytes (nhlink then tries the part boundary below, and so on,
+        and starts over from 0 when none works); a raising ``fwup_begin`` must leave the held
+        bytes as they were."""
         raise NotImplementedError
 
     def fwup_chunk(self, data: bytes | memoryview) -> Any:

@@ -157,12 +157,14 @@ async def soak(args: argparse.Namespace) -> int:
             await link.wait_joined(120)
         print(f"soak: {args.devices} devices joined; running {args.minutes} min", flush=True)
 
-        async def post(path: str, body: dict[str, Any]) -> None:
+        async def post(path: str, body: dict[str, Any]) -> bool:
+            """POST to the hub's control API; whether it sent something to the device."""
             try:
                 async with control.post(f"/_fakehub/devices/{path}", json=body) as response:
-                    await response.read()
+                    return bool((await response.json()).get("sent"))
             except aiohttp.ClientError as exc:
                 violations.append(f"control API: {exc}")
+                return False
 
         first_snapshot = None
         if args.trace:
@@ -172,7 +174,7 @@ async def soak(args: argparse.Namespace) -> int:
         started = time.monotonic()
         end = started + args.minutes * 60
         next_minute = started + 60
-        events = {"disconnects": 0, "reboots": 0, "updates": 0, "cuts": 0}
+        events = {"disconnects": 0, "reboots": 0, "updates": 0, "cuts": 0, "unsent": 0}
         baseline_rss: float | None = None
         while time.monotonic() < end:
             await asyncio.sleep(rng.uniform(0.05, 0.25))
@@ -192,7 +194,7 @@ async def soak(args: argparse.Namespace) -> int:
             elif not link.updates.busy and link.status.joined:
                 which = rng.randrange(2)
                 bad = rng.random() < 1 / 12
-                await post(
+                sent = await post(
                     f"{ident}/update",
                     {
                         "firmware_url": f"http://127.0.0.1:{fw_proxy.port}/fw/fw{which}.bin",
@@ -202,7 +204,7 @@ async def soak(args: argparse.Namespace) -> int:
                         "firmware_meta": {"uuid": f"image-{which}-{bad}", "version": "2.0"},
                     },
                 )
-                events["updates"] += 1
+                events["updates" if sent else "unsent"] += 1
             if time.monotonic() >= next_minute:
                 next_minute += 60
                 # The proxies keep a record per connection: drop the closed ones, so the RSS
@@ -217,8 +219,9 @@ async def soak(args: argparse.Namespace) -> int:
                     "fds": fds,
                     "tasks": tasks,
                     "joins": sum(link.status.joins for link in links),
-                    "completed": sum(len(link.updates.completed) for link in links),
-                    "failed": sum(1 for link in links if link.updates.last_error is not None),
+                    "completed": sum(link.updates.completed_count for link in links),
+                    "failed": sum(link.updates.failed_count for link in links),
+                    "busy": sum(1 for link in links if link.updates.busy),
                     **events,
                 }
                 history.append(row)

@@ -45,6 +45,27 @@ FAST_DOWNLOADS = DownloadOptions(
 )
 
 
+#: A device process for kill -9 tests: ``python -c DEVICE_SCRIPT '<json options + "target">'``
+#: (a FileWriter at ``target``, quick http-capable downloads).
+DEVICE_SCRIPT = """
+import asyncio, json, sys
+import nhlink
+from nhlink.update.download import DownloadOptions
+from nhlink.update.writers import FileWriter
+
+opts = json.loads(sys.argv[1])
+async def main():
+    link = nhlink.NervesHubLink(
+        fwup_writer=FileWriter(opts.pop("target")),
+        download_options=DownloadOptions(allow_http=True, retry_delay=0.01, retry_delay_max=0.05),
+        **opts,
+    )
+    await link.start()
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
 def new_hub(**options: Any) -> FakeHub:
     """A FakeHub that knows the tests' product key and secret."""
     return FakeHub(shared_secrets={KEY: SECRET}, **options)

@@ -24,7 +24,16 @@ from nhlink.testing import FakeHub
 from nhlink.testing.firmware import FirmwareServer
 from nhlink.testing.proxy import Fault, FaultProxy
 from nhlink.update.writers import FileWriter
-from tests.support import MiB, device_options, ota_options, push, sha, statuses, wait_status
+from tests.support import (
+    DEVICE_SCRIPT,
+    MiB,
+    device_options,
+    ota_options,
+    push,
+    sha,
+    statuses,
+    wait_status,
+)
 
 from .scenarios import READ_BUFFER
 
@@ -35,24 +44,6 @@ CHILD_ENV = {
         [str(Path(next(iter(nhlink.__path__))).parent), os.environ.get("PYTHONPATH", "")]
     ),
 }
-
-DEVICE = """
-import asyncio, json, sys
-import nhlink
-from nhlink.update.download import DownloadOptions
-from nhlink.update.writers import FileWriter
-
-opts = json.loads(sys.argv[1])
-async def main():
-    link = nhlink.NervesHubLink(
-        fwup_writer=FileWriter(opts.pop("target")),
-        download_options=DownloadOptions(allow_http=True, retry_delay=0.01, retry_delay_max=0.05),
-        **opts,
-    )
-    await link.start()
-    await asyncio.Event().wait()
-asyncio.run(main())
-"""
 
 
 def _seeds() -> list[int]:
@@ -88,7 +79,7 @@ async def test_killed_and_restarted(
         opts = device_options(hub, "gw-0001", tmp_path, heartbeat_interval=0.05)
         opts["state_dir"] = str(opts["state_dir"])
         proc = subprocess.Popen(  # noqa: ASYNC220 - a real device process, killed below
-            [sys.executable, "-c", DEVICE, json.dumps({**opts, "target": str(target)})],
+            [sys.executable, "-c", DEVICE_SCRIPT, json.dumps({**opts, "target": str(target)})],
             env=CHILD_ENV,
         )
         try:

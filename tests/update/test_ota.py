@@ -27,6 +27,7 @@ from nhlink.update.manager import UpdatePolicy
 from nhlink.update.writer import FwupWriter
 from nhlink.update.writers import FileWriter
 from tests.support import (
+    DEVICE_SCRIPT,
     META,
     NEW_META,
     MiB,
@@ -487,25 +488,6 @@ async def test_validation_after_update_and_reboot(
     async with NervesHubLink(fwup_writer=writer, **options(hub, tmp_path, firmware_meta=NEW_META)):
         await hub.wait_for(lambda: record.joins >= 3)
         assert record.join_params["meta"]["firmware_validated"] is True
-
-
-DEVICE_SCRIPT = """
-import asyncio, json, sys
-import nhlink
-from nhlink.update.download import DownloadOptions
-from nhlink.update.writers import FileWriter
-
-opts = json.loads(sys.argv[1])
-async def main():
-    link = nhlink.NervesHubLink(
-        fwup_writer=FileWriter(opts.pop("target")),
-        download_options=DownloadOptions(allow_http=True, retry_delay=0.01, retry_delay_max=0.05),
-        **opts,
-    )
-    await link.start()
-    await asyncio.Event().wait()
-asyncio.run(main())
-"""
 
 
 async def test_process_killed_mid_download_resumes_from_state_file(

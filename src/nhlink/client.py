@@ -30,6 +30,11 @@ class Client:
     def fwup_error(self, error: BaseException) -> Any:
         """A firmware update failed with ``error`` (already reported to the server)."""
 
+    def update_completed(self, firmware_meta: Mapping[str, Any]) -> Any:
+        """The update was verified, installed and reported ``completed`` (nhlink's addition:
+        the Elixir client has no such callback; its writer reboots in ``fwup_finish``). A good
+        place to reboot into the new image."""
+
     def reboot(self) -> Any:
         """The server asked for a reboot (``rebooting`` was already sent). Reboot here."""
 

@@ -90,6 +90,8 @@ class LinkStatus:
     last_retry_delay: float | None = None  # the most recent backoff delay (kept afterwards)
     #: joined for ``backoff_reset_after`` seconds on this connection (the backoff was reset)
     stable: bool = False
+    #: when the device channel was last joined (the link's clock, Unix time)
+    last_joined_at: float | None = None
 
     @property
     def joined(self) -> bool:
@@ -247,16 +249,18 @@ class NervesHubLink:
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"nhlink:{self.name}")
 
-    async def stop(self) -> None:
+    async def stop(self, *, suspend_update: bool = False) -> None:
         """Close the connection cleanly and stop reconnecting. Idempotent.
 
         An update in progress is cancelled first (writer aborted, ``failed`` reported while the
-        socket is still up), then the socket is closed with 1000.
+        socket is still up), then the socket is closed with 1000. ``suspend_update``: a
+        download into a writer that can resume is kept for the next start instead (synced,
+        resume point saved, nothing reported; see :meth:`UpdateManager.stop`).
         """
         self._stopping = True
         if self._wake is not None:
             self._wake.set()
-        await self.updates.stop()
+        await self.updates.stop(suspend=suspend_update)
         await self.extensions.stop()
         task = self._task
         ws = self._ws
@@ -696,7 +700,10 @@ class NervesHubLink:
         elif isinstance(event, Joined):
             if event.topic == wire.TOPIC_DEVICE:
                 self._set_status(
-                    state=LinkState.JOINED, joins=self._status.joins + 1, last_error=None
+                    state=LinkState.JOINED,
+                    joins=self._status.joins + 1,
+                    last_error=None,
+                    last_joined_at=self._clock(),
                 )
                 logger.info("%s: joined the device channel", self.name)
                 try:

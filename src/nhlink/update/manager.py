@@ -18,7 +18,10 @@ The verification guarantee (an invariant of this module and of
 
 Any failure — checksum mismatch, HTTP error, too many disconnects, writer exception, disk full,
 cancellation by ``stop()`` — calls the writer's ``fwup_abort``, reports ``failed`` with a
-human-readable reason, calls ``Client.fwup_error`` and leaves the connection running.
+human-readable reason, calls ``Client.fwup_error`` and leaves the connection running. The one
+exception is ``stop(suspend=True)`` with a writer that resumes: the written bytes are synced,
+the resume point saved, the writer told ``fwup_suspend``, and nothing is reported; the next
+start resumes the download (the join says ``currently_downloading_uuid``).
 
 The manager talks to the connection through :class:`UpdateHost` only (NervesHubLink is one).
 """
@@ -288,7 +291,19 @@ class UpdateManager:
         #: the last final status sent (payload, ref; None when it could not be sent)
         self._verdict: tuple[dict[str, Any], str | None] | None = None
         self._stopping = False
+        self._suspend = False
         self._side_tasks: set[asyncio.Task[None]] = set()
+        #: what the running update is doing: "deciding", "downloading", "installing" (None: idle)
+        self.phase: str | None = None
+        #: a rescheduled update waiting to be asked again, and when (loop time)
+        self.rescheduled: tuple[UpdateInfo, float] | None = None
+
+    @property
+    def percent(self) -> int | None:
+        """The running update's progress as the application sees it (0–100), None if none."""
+        return (
+            self._client_percent if self.current is not None and self._client_percent >= 0 else None
+        )
 
     @property
     def busy(self) -> bool:
@@ -402,16 +417,24 @@ class UpdateManager:
         """Accept updates (again): called when the link starts."""
         self._stopping = False
 
-    async def stop(self) -> None:
+    async def stop(self, *, suspend: bool = False) -> None:
         """Cancel a rescheduled ask and an update in progress (aborting the writer, reporting
-        ``failed`` if the socket is still up). No update starts afterwards until :meth:`start`."""
+        ``failed`` if the socket is still up). No update starts afterwards until :meth:`start`.
+
+        ``suspend``: a download in flight into a writer that can resume is kept instead — the
+        bytes written are synced, the resume point saved, ``fwup_suspend`` called, nothing
+        reported — so the next start resumes it (other writers are aborted as above)."""
         self._stopping = True
+        self._suspend = suspend
         self._cancel_reschedule()
         task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        try:
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        finally:
+            self._suspend = False
         self._task = None
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -420,6 +443,7 @@ class UpdateManager:
         task.add_done_callback(self._side_tasks.discard)
 
     def _cancel_reschedule(self) -> None:
+        self.rescheduled = None
         if self._reschedule is not None:
             self._reschedule.cancel()
             self._reschedule = None
@@ -429,10 +453,12 @@ class UpdateManager:
 
         def fire() -> None:
             self._reschedule = None
+            self.rescheduled = None
             if not self.busy and not self._stopping:
                 self._task = loop.create_task(self._run(info), name=f"nhlink:{self.name}:update")
 
         self._reschedule = loop.call_later(ms / 1000, fire)
+        self.rescheduled = (info, loop.time() + ms / 1000)
 
     # -- the pipeline ----------------------------------------------------------------------------
 
@@ -441,6 +467,7 @@ class UpdateManager:
         self._client_percent = -1
         self._sent_percent = {}
         self._verdict = None  # a new update: the old verdict is history
+        self.phase = "deciding"
         try:
             await self.report(wire.STATUS_RECEIVED)
             decision = await self._decide(info)
@@ -473,6 +500,7 @@ class UpdateManager:
             await self._callback("fwup_error", self.host.client.fwup_error, exc)
         finally:
             self.current = None
+            self.phase = None
 
     async def _decide(self, info: UpdateInfo) -> Apply | Ignore | Reschedule:
         client = self.host.client
@@ -570,10 +598,19 @@ class UpdateManager:
                 await self._abort_quietly(writer)
             await self.begin_fresh(writer, info)
             return _new_digest(info)
-        except BaseException:
+        except BaseException as exc:
             if begun:
-                await asyncio.shield(self._abort_quietly(writer))
+                if isinstance(exc, asyncio.CancelledError) and self._suspending(info, writer):
+                    # Stopping while a resumed prefix is re-verified: keep it for next time.
+                    with contextlib.suppress(WriterError):
+                        await asyncio.shield(call_writer("fwup_suspend", writer.fwup_suspend))
+                else:
+                    await asyncio.shield(self._abort_quietly(writer))
             raise
+
+    def _suspending(self, info: UpdateInfo, writer: FwupWriter) -> bool:
+        """``stop(suspend=True)`` is under way and this download can be resumed later."""
+        return self._suspend and self._resumable(info, writer)
 
     async def _begin_at_most(self, writer: FwupWriter, info: UpdateInfo, saved: int) -> int:
         """``fwup_begin`` at the saved resume point or, when the writer holds less (a power cut
@@ -640,6 +677,7 @@ class UpdateManager:
             began = True
             offset = digest.total
             await self.save_resume_point(info, offset)
+            self.phase = "downloading"
             pipeline = _Pipeline(self, info, writer, digest, self._resumable(info, writer))
             await download(
                 info.firmware_url,
@@ -650,6 +688,7 @@ class UpdateManager:
                 ssl=self.host.firmware_ssl_context,
             )
             await pipeline.finish()
+            self.phase = "installing"
             await self.report(wire.STATUS_UPDATING)
             await self._finish(writer)
             await self.progress(wire.PROGRESS_STAGE_UPDATING, 100)
@@ -658,7 +697,16 @@ class UpdateManager:
             self.completed.append(info)
             self.completed_count += 1
             logger.info("%s: firmware %s installed", self.name, info.uuid)
+            await self._callback(
+                "update_completed", self.host.client.update_completed, info.firmware_meta
+            )
         except asyncio.CancelledError:
+            if writer is not None and self._suspending(info, writer):
+                if pipeline is None:
+                    raise  # stopped while beginning: _begin kept the image (or had none)
+                if self.phase == "downloading":
+                    await asyncio.shield(self._suspend_download(info, writer, pipeline))
+                    raise
             if pipeline is not None:
                 await pipeline.settle()
             await self._fail(writer if began else None, UpdateError("update cancelled (stopping)"))
@@ -669,6 +717,33 @@ class UpdateManager:
             error = exc if isinstance(exc, UpdateError) else UpdateError(f"{exc}")
             await self._fail(writer if began else None, error)
             await self._callback("fwup_error", self.host.client.fwup_error, error)
+
+    async def _suspend_download(
+        self, info: UpdateInfo, writer: FwupWriter, pipeline: _Pipeline
+    ) -> None:
+        """Stopping with a download in flight into a writer that resumes: write and sync what
+        was verified, save the resume point there, tell the writer. Nothing is reported: the
+        update is not over (the next start resumes it). Falls back to aborting on any error."""
+        try:
+            await pipeline.stage.drain()
+            await pipeline.settle()
+            released = pipeline.digest.released
+            point = released - released % PART_SIZE
+            if point > pipeline.saved_offset:
+                await call_writer("fwup_sync", writer.fwup_sync)
+                await self.save_resume_point(info, point)
+                pipeline.saved_offset = point
+            await call_writer("fwup_suspend", writer.fwup_suspend)
+        except Exception as exc:
+            logger.warning("%s: could not keep the download for later: %s", self.name, exc)
+            await self._fail(writer, UpdateError("update cancelled (stopping)"))
+            return
+        logger.info(
+            "%s: update %s suspended at byte %d; the next start resumes it",
+            self.name,
+            info.uuid,
+            pipeline.saved_offset,
+        )
 
     async def _finish(self, writer: FwupWriter) -> None:
         """``fwup_finish`` (the image is complete and verified), with install progress."""

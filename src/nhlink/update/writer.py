@@ -84,6 +84,12 @@ class FwupWriter:
     def fwup_abort(self) -> Any:
         """The update failed: clean up, leave the running firmware untouched."""
 
+    def fwup_suspend(self) -> Any:
+        """Only for writers with ``supports_resume``: nhlink is stopping (``stop(
+        suspend_update=True)``, the agent on SIGTERM) and will resume this image on its next
+        start. Every block written so far was synced already (:meth:`fwup_sync`): release what
+        you hold open, keep the bytes. Default: nothing."""
+
     def fwup_confirm(self) -> Any:
         """Mark the running image valid (prevent rollback). Called by ``confirm_update()``."""
 
@@ -111,6 +117,7 @@ _METHODS = (
     "fwup_read",
     "fwup_finish",
     "fwup_abort",
+    "fwup_suspend",
     "fwup_confirm",
     "is_confirmed",
     "auto_revert_detected",

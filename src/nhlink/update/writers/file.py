@@ -149,6 +149,10 @@ class FileWriter(FwupWriter):
         if self.on_finish is not None:
             self.on_finish(self.path)
 
+    def fwup_suspend(self) -> None:
+        """Stopping, to resume later: close the partial image and keep it (already synced)."""
+        self._close()
+
     def fwup_abort(self) -> None:
         self._close()
         if not self.is_block_device:

@@ -369,6 +369,10 @@ class RaucWriter(FwupWriter):
             )
             raise WriterError(f"RAUC install failed: {reason}")
 
+    def fwup_suspend(self) -> None:
+        """Stopping, to resume later: close the partial image and keep it (already synced)."""
+        self._close()
+
     def fwup_abort(self) -> None:
         self._close()
         self.spool_path.unlink(missing_ok=True)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the real A/B updaters the RAUC/SWUpdate writer tests drive (tests/updaters), from
-# Debian's packages. Idempotent: does nothing when everything is already installed.
+# Installs the real A/B updaters the RAUC/SWUpdate writer tests drive (tests/updaters), and the
+# other Debian packages the tests call. Idempotent: does nothing when everything is already
+# installed.
 #
 # Exits 0 without doing anything (and says why) when not root or when apt-get is missing: the
 # tests then skip with a reason instead of failing.
@@ -12,9 +13,10 @@
 #   openssl          test CA, signing
 #   e2fsprogs        ext4 slot images (mkfs.ext4)
 #   util-linux       losetup/mount (normally already there)
+#   systemd          systemd-analyze, to verify the agent's unit file (tests/agent/test_systemd.py)
 set -euo pipefail
 
-PACKAGES=(rauc swupdate squashfs-tools dbus cpio openssl e2fsprogs util-linux)
+PACKAGES=(rauc swupdate squashfs-tools dbus cpio openssl e2fsprogs util-linux systemd)
 
 if [ "$(id -u)" != "0" ]; then
     echo "install-debian.sh: not root; not installing ${PACKAGES[*]} (updater tests will skip)"

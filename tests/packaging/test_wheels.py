@@ -146,6 +146,9 @@ def test_pure_wheel_is_py3_none_any(dists: dict[str, Path]) -> None:
     for name in ("_frames_py.py", "_digest_py.py", "_codec_py.py", "_mask_py.py", "_frames_c.pyi"):
         assert f"nhlink/_core/{name}" in names
     assert "nhlink/py.typed" in names
+    # `nhlink config example|unit` print package data.
+    assert "nhlink/agent/data/nhlink.example.toml" in names
+    assert "nhlink/agent/data/nhlink.service" in names
 
 
 def test_sdist_holds_sources_not_build_products(dists: dict[str, Path]) -> None:
@@ -159,6 +162,8 @@ def test_sdist_holds_sources_not_build_products(dists: dict[str, Path]) -> None:
         "src/nhlink/_core/_frames_c.py",
         "tests/core/test_frames.py",
         "tests/packaging/test_32bit.py",
+        "src/nhlink/agent/data/nhlink.service",
+        "src/nhlink/agent/data/nhlink.example.toml",
     ):
         assert name in names, name
     assert not [n for n in names if n.endswith((".so", ".c", ".pyc"))]

@@ -14,9 +14,10 @@
 #   e2fsprogs        ext4 slot images (mkfs.ext4)
 #   util-linux       losetup/mount (normally already there)
 #   systemd          systemd-analyze, to verify the agent's unit file (tests/agent/test_systemd.py)
+#   tinyproxy        a real HTTP proxy for the proxy tests (tests/transport/test_proxy.py)
 set -euo pipefail
 
-PACKAGES=(rauc swupdate squashfs-tools dbus cpio openssl e2fsprogs util-linux systemd)
+PACKAGES=(rauc swupdate squashfs-tools dbus cpio openssl e2fsprogs util-linux systemd tinyproxy)
 
 if [ "$(id -u)" != "0" ]; then
     echo "install-debian.sh: not root; not installing ${PACKAGES[*]} (updater tests will skip)"

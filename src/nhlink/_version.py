@@ -1,6 +1,3 @@
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("nhlink")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
+# A literal, not importlib.metadata (that import alone took ~70 ms at start-up).
+# tests/packaging/test_version.py checks it against pyproject.toml and the installed metadata.
+__version__ = "0.1.0.dev0"

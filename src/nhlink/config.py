@@ -7,7 +7,6 @@ The server joins a device with incomplete firmware metadata and then never updat
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import ssl
@@ -81,6 +80,8 @@ def _host(value: object) -> str:
     host = _text("host", value)
     literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
+        import ipaddress  # only when a config is built
+
         return str(ipaddress.ip_address(literal))
     except ValueError:
         pass
@@ -144,6 +145,11 @@ class LinkConfig:
     allow_unverified_firmware: bool = False
     user_agent: str = "nhlink"
     extra_join_params: Mapping[str, Any] = field(default_factory=dict)
+    #: HTTP proxy URL (``http://[user:password@]host:port``); None: from the environment
+    #: (``https_proxy``...); ``""``: never a proxy. May carry credentials: never shown.
+    proxy: str | None = field(default=None, repr=False)
+    #: hosts reached directly (``no_proxy`` syntax); None: from the environment
+    no_proxy: str | None = None
 
     @property
     def auth_mode(self) -> str:
@@ -194,6 +200,7 @@ class LinkConfig:
         if not isinstance(extra, Mapping):
             raise ConfigError("extra_join_params", "must be a mapping")
         fields["extra_join_params"] = dict(extra)
+        fields.update(_proxy(options))
         if options:
             raise ConfigError(sorted(options)[0], "unknown option")
         return cls(**fields)
@@ -339,3 +346,19 @@ def _timers(options: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("backoff_jitter", "must be within [0, 1]")
     timers["backoff_jitter"] = float(jitter)
     return timers
+
+
+def _proxy(options: dict[str, Any]) -> dict[str, Any]:
+    """``proxy`` (a URL, ``""`` for none, None for the environment) and ``no_proxy``."""
+    from .transport.proxy import Proxy
+
+    proxy = options.pop("proxy", None)
+    no_proxy = options.pop("no_proxy", None)
+    if proxy is not None:
+        if not isinstance(proxy, str):
+            raise ConfigError("proxy", 'must be a proxy URL such as http://proxy:3128, or ""')
+        if proxy.strip():
+            Proxy.parse(proxy)  # raises ConfigError without the credentials
+    if no_proxy is not None and not isinstance(no_proxy, str):
+        raise ConfigError("no_proxy", "must be a comma-separated string of hosts")
+    return {"proxy": proxy, "no_proxy": no_proxy}

@@ -70,10 +70,31 @@ class DemoClient(Client):
         self.out.flush()
 
 
-def _image(size: int) -> bytes:
+def _write_image(path: Path, size: int) -> tuple[str, list[str]]:
+    """Write the demo image to ``path`` one 1 MiB part at a time (a 1 GiB demo never holds
+    the image in memory); returns its SHA-256 and part checksums, as the server sends them."""
     seed = hashlib.sha256(b"nhlink demo firmware").digest()
     block = b"".join(hashlib.sha256(seed + i.to_bytes(4, "big")).digest() for i in range(2048))
-    return (block * (size // len(block) + 1))[:size]
+    part = (block * (MiB // len(block) + 1))[:MiB]
+    whole = hashlib.sha256()
+    parts: list[str] = []
+    with path.open("wb") as f:
+        left = size
+        while left:
+            data = part[: min(left, MiB)]
+            whole.update(data)
+            parts.append(hashlib.sha256(data).hexdigest().upper())
+            f.write(data)
+            left -= len(data)
+    return whole.hexdigest().upper(), parts
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(MiB):
+            digest.update(block)
+    return digest.hexdigest().upper()
 
 
 async def run_demo(
@@ -82,7 +103,7 @@ async def run_demo(
     """Run the demo; returns a process exit status (0: the update landed and was confirmed)."""
     from .testing import FakeHub
     from .testing.firmware import FirmwareServer
-    from .update.download import DownloadOptions
+    from .update.options import DownloadOptions
 
     def say(text: str) -> None:
         out.write(text + "\n")
@@ -92,11 +113,9 @@ async def run_demo(
     work.mkdir(parents=True, exist_ok=True)
     key = "nhp_" + secrets.token_urlsafe(32)[:43]
     secret = secrets.token_urlsafe(32)[:43]
-    image = _image(size_mib * MiB)
-    checksum = hashlib.sha256(image).hexdigest().upper()
-    parts = [
-        hashlib.sha256(image[i : i + MiB]).hexdigest().upper() for i in range(0, len(image), MiB)
-    ]
+    image = work / "firmware-1.1.0.fw"  # served from disk, read as it is sent
+    size = size_mib * MiB
+    checksum, parts = await asyncio.to_thread(_write_image, image, size)
     slot = work / "slot-b" / "firmware.img"
     client = DemoClient(out)
     say(f"nhlink demo — core: {_core.IMPLEMENTATION}, work directory: {work}")
@@ -134,7 +153,7 @@ async def run_demo(
             await hub.push_update(
                 IDENTIFIER,
                 firmware_url=url,
-                size=len(image),
+                size=size,
                 checksum=checksum,
                 partials_checksums=parts,
                 firmware_meta=NEW,
@@ -154,10 +173,10 @@ async def run_demo(
             m.payload["status"]
             for m in hub.devices[IDENTIFIER].messages_for("device", "status_update")
         ]
-        landed = hashlib.sha256(slot.read_bytes()).hexdigest().upper()
+        landed = await asyncio.to_thread(_file_sha256, slot)
         say(
             f"4. verified and written in {elapsed:.2f} s "
-            f"({len(image) / MiB / max(elapsed, 1e-6):.0f} MiB/s); statuses sent: {', '.join(sent)}"
+            f"({size / MiB / max(elapsed, 1e-6):.0f} MiB/s); statuses sent: {', '.join(sent)}"
         )
         say(f"   image at {slot} — SHA-256 {'matches' if landed == checksum else 'DIFFERS'}")
         async with NervesHubLink(

@@ -70,6 +70,7 @@ __all__ = [
     "LocalProtocolError",
     "NHLinkError",
     "PermanentDownloadError",
+    "ProxyError",
     "RemoteProtocolError",
     "RetryableDownloadError",
     "TLSVerificationError",
@@ -166,6 +167,16 @@ class TransportError(NHLinkError):
 
 class ConnectFailed(TransportError):
     """The host name did not resolve, or the TCP connection was refused or unreachable."""
+
+
+class ProxyError(ConnectFailed):
+    """The HTTP proxy could not be reached or refused the tunnel (``status``: its HTTP status,
+    e.g. 407 when it wants credentials or they are wrong, 403 when it forbids the target; None
+    when it was unreachable or did not speak HTTP). Never names the proxy's credentials."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class TLSVerificationError(TransportError):

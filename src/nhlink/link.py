@@ -40,10 +40,11 @@ from .protocol import wire
 from .protocol.auth import SharedSecretSigner
 from .protocol.backoff import Backoff
 from .protocol.channel import ChannelClosed, Joined, JoinRefused, PhoenixSession, Push, Reply
+from .transport.proxy import select_proxy
 from .transport.tls import client_ssl_context
 from .transport.ws import WebSocket, connect
-from .update.download import DownloadOptions
 from .update.manager import UpdateManager, UpdatePolicy
+from .update.options import DownloadOptions
 from .update.state import StateStore
 from .update.writer import FwupWriter, as_writer
 
@@ -176,6 +177,23 @@ class NervesHubLink:
             if self.config.firmware_ca_file
             else None
         )
+        #: the HTTP proxy of the device socket (an explicit ``proxy``, else the environment)
+        self.proxy = select_proxy(
+            "wss" if self.config.ssl else "ws",
+            self.config.host,
+            self.config.port,
+            proxy=self.config.proxy,
+            no_proxy=self.config.no_proxy,
+        )
+        if self.config.proxy is not None and download_options is not None:
+            if download_options.proxy is None:  # the link's explicit proxy serves firmware too
+                download_options = replace(
+                    download_options, proxy=self.config.proxy, no_proxy=self.config.no_proxy
+                )
+        elif self.config.proxy is not None:
+            download_options = DownloadOptions(
+                proxy=self.config.proxy, no_proxy=self.config.no_proxy
+            )
         self.session = PhoenixSession()
         self.backoff = Backoff(
             initial=self.config.backoff_initial,
@@ -520,6 +538,7 @@ class NervesHubLink:
                 close_timeout=_CLOSE_TIMEOUT,
                 max_message_size=self.config.max_message_size,
                 user_agent=self.config.user_agent,
+                proxy=self.proxy,
             )
         except InvalidStatus as exc:
             if self._signer is not None and self._signer.observe_server_date(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import nhlink
+from nhlink.testing.process import HubProcess as _HubProcess
 from tests.support import KEY, META, SECRET
 
 #: Child processes import the same nhlink as this one (a checkout's or an installed wheel's).
@@ -208,41 +209,11 @@ async def poll(predicate: Callable[[], Any], timeout: float = 30, every: float =
         await asyncio.sleep(every)
 
 
-class HubProcess:
+class HubProcess(_HubProcess):
     """``python -m nhlink.testing`` in its own process, driven through its HTTP control API."""
 
     def __init__(self, product_key: str, product_secret: str) -> None:
-        self.args = [
-            "--port",
-            "0",
-            "--product-key",
-            product_key,
-            "--product-secret",
-            product_secret,
-        ]
-        self.proc: subprocess.Popen[str] | None = None
-        self.port = 0
-
-    def start(self) -> HubProcess:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nhlink.testing", *self.args],
-            env=CHILD_ENV,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith("control API:"):
-                url = line.split()[-1]  # http://127.0.0.1:PORT/_fakehub/devices
-                self.port = int(url.split(":")[2].split("/")[0])
-                return self
-        raise RuntimeError("python -m nhlink.testing did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        super().__init__(product_key, product_secret, env=CHILD_ENV)
 
     async def _call(self, method: str, path: str, body: Any = None) -> Any:
         import aiohttp

@@ -43,7 +43,7 @@ from tests.support import NEW_META, MiB, device_options, new_hub, parts, sha
 IDENT = "gw-0001"
 OLD_IMAGE = b"the running firmware"
 #: aiohttp's read buffer (DownloadOptions.chunk_size) may hold this much, lost on a cut.
-READ_BUFFER = 2 * 65536 + 256 * 1024
+READ_BUFFER = 2 * DownloadOptions().chunk_size + 256 * 1024
 DOWNLOADS = DownloadOptions(
     retry_delay=0.01, retry_delay_max=0.05, idle_timeout=0.5, allow_http=True, max_disconnects=12
 )

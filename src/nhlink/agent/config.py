@@ -32,7 +32,7 @@ from typing import Any
 from ..config import LinkConfig
 from ..errors import ConfigError
 from ..protocol import wire
-from ..update.download import DownloadOptions
+from ..update.options import DownloadOptions
 from ..update.writers import _proc
 from .lock import DEFAULT_LOCK_FILE
 from .windows import Schedule, parse_timezone, parse_window
@@ -202,6 +202,8 @@ LINK_KEYS: dict[str, Check] = {
     "state_dir": _path,
     "user_agent": _str,
     "extra_join_params": _table,
+    "proxy": _str,
+    "no_proxy": _str,
     **dict.fromkeys(_TIMERS, _num),
 }
 
@@ -245,6 +247,9 @@ DOWNLOAD_KEYS: dict[str, Check] = {
     "allow_http": _bool,
     "max_size": _int,
     "chunk_size": _int,
+    "max_download_rate": _int,
+    "proxy": _str,
+    "no_proxy": _str,
 }
 
 EXTENSION_KEYS: dict[str, Check] = {"health": _bool, "logging": _bool}

@@ -39,10 +39,9 @@ from ..errors import ConfigError, ConnectionClosed
 from ..protocol import wire
 from ..protocol.channel import ChannelClosed, Joined, JoinRefused, Push, Reply
 from .extension import Extension, ExtensionContext
-from .geo import GeoExtension
-from .health import HealthExtension, is_provider
-from .linux import LinuxHealthProvider
-from .logs import LoggingExtension, LoggingOptions, NHLinkLogHandler
+
+if TYPE_CHECKING:
+    from .logs import NHLinkLogHandler
 
 if TYPE_CHECKING:
     from ..link import NervesHubLink
@@ -98,6 +97,10 @@ def _build_extension(name: str, value: Any) -> Extension | None:
     if isinstance(value, Extension):
         extension = value
     elif name == "health":
+        # The built-in extensions load when configured: a device without them never does.
+        from .health import HealthExtension, is_provider
+        from .linux import LinuxHealthProvider
+
         if value is True:
             extension = HealthExtension(LinuxHealthProvider())
         elif is_provider(value) or callable(value):
@@ -107,6 +110,8 @@ def _build_extension(name: str, value: Any) -> Extension | None:
                 option, f"expected True, a HealthProvider or a callable, not {value!r}"
             )
     elif name == "logging":
+        from .logs import LoggingExtension, LoggingOptions
+
         if value is True:
             extension = LoggingExtension()
         elif isinstance(value, LoggingOptions):
@@ -118,6 +123,8 @@ def _build_extension(name: str, value: Any) -> Extension | None:
             raise ConfigError(option, "geo has no default resolver; give a resolver callable")
         if not callable(value):
             raise ConfigError(option, f"expected a resolver callable, not {value!r}")
+        from .geo import GeoExtension
+
         extension = GeoExtension(value)
     else:
         raise ConfigError(
@@ -229,6 +236,8 @@ class ExtensionRouter:
         ``logging.getLogger().addHandler(link.extensions.log_handler())``.
         """
         extension = self.get("logging")
+        from .logs import LoggingExtension, NHLinkLogHandler
+
         if not isinstance(extension, LoggingExtension):
             raise ConfigError("extensions.logging", "the logging extension is not configured")
         return NHLinkLogHandler(extension, extension.options.level if level is None else level)
@@ -237,7 +246,7 @@ class ExtensionRouter:
         """Ship one line through ``logging`` when it is attached; otherwise drop it silently.
         Never blocks; callable from any thread."""
         extension = self.get("logging")
-        if isinstance(extension, LoggingExtension):
+        if extension is not None and hasattr(extension, "submit"):  # a LoggingExtension
             extension.submit(level, message, meta)
 
     async def send_for(self, name: str, event: str, payload: Any) -> bool:

@@ -12,7 +12,6 @@ tiny subset of the Erlang External Term Format this needs (§3.2.3 step 3).
 from __future__ import annotations
 
 import base64
-import email.utils
 import hashlib
 import hmac
 import struct
@@ -104,6 +103,8 @@ def parse_http_date(value: str | None) -> int | None:
     if not value:
         return None
     try:
+        import email.utils  # at the first response, not at import
+
         parsed = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None

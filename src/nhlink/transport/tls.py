@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -79,6 +78,8 @@ def _load_with_chain(ctx: ssl.SSLContext, cert: Path, key: Path, chain: Path) ->
     # load_cert_chain takes the certificate and its chain from one file; the public parts are
     # joined in a short-lived temporary file (the private key never leaves its own file).
     data = cert.read_bytes().rstrip(b"\n") + b"\n" + chain.read_bytes()
+    import tempfile
+
     with tempfile.NamedTemporaryFile(prefix="nhlink-chain-", suffix=".pem") as tmp:
         tmp.write(data)
         tmp.flush()

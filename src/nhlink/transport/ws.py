@@ -35,6 +35,7 @@ from ..errors import (
     TLSVerificationError,
 )
 from ..protocol.websocket import CLOSED, CONNECTING, OPEN, ClientConnection, DeflateOptions, Message
+from .proxy import Proxy, open_tunnel
 
 __all__ = ["WebSocket", "connect"]
 
@@ -477,6 +478,8 @@ class connect:
     * ``max_message_size``: larger incoming messages fail the connection with 1009.
     * ``compression``: ``"deflate"`` or :class:`DeflateOptions` to offer permessage-deflate.
     * ``read_limit``: bytes of received messages buffered before reading from the socket pauses.
+    * ``proxy``: an HTTP proxy (:class:`~nhlink.transport.proxy.Proxy`) to tunnel through
+      (``CONNECT``); choose one with :func:`~nhlink.transport.proxy.select_proxy`.
 
     Errors: :class:`ConnectFailed` (DNS, refused), :class:`TLSVerificationError`,
     :class:`ConnectTimeout`, :class:`~nhlink.errors.InvalidStatus` (non-101, with the status,
@@ -496,8 +499,10 @@ class connect:
         read_limit: int = 4 * 1024 * 1024,
         user_agent: str | None = None,
         server_hostname: str | None = None,
+        proxy: Proxy | None = None,
     ) -> None:
         self._url = url
+        self._proxy = proxy
         self._ssl = ssl
         self._extra_headers = extra_headers
         self._open_timeout = open_timeout
@@ -560,13 +565,27 @@ class connect:
         elif self._ssl is not None:
             raise ConfigError("ssl", "an SSL context was given for a ws:// (plain) URL")
         try:
-            await loop.create_connection(
-                lambda: _Protocol(ws),
-                host,
-                port,
-                ssl=ssl_ctx,
-                server_hostname=(self._server_hostname or host) if secure else None,
-            )
+            if self._proxy is not None:
+                # TLS (and the device certificate) end to end through the tunnel.
+                tunnel = await open_tunnel(self._proxy, host, port)
+                try:
+                    await loop.create_connection(
+                        lambda: _Protocol(ws),
+                        sock=tunnel,
+                        ssl=ssl_ctx,
+                        server_hostname=(self._server_hostname or host) if secure else None,
+                    )
+                except BaseException:
+                    tunnel.close()
+                    raise
+            else:
+                await loop.create_connection(
+                    lambda: _Protocol(ws),
+                    host,
+                    port,
+                    ssl=ssl_ctx,
+                    server_hostname=(self._server_hostname or host) if secure else None,
+                )
         except ssl_module.SSLCertVerificationError as exc:
             raise TLSVerificationError(
                 f"TLS: the certificate of {host}:{port} did not verify: {exc.verify_message}"

@@ -56,14 +56,15 @@ import re
 import ssl as _ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Final, Protocol
 
 import aiohttp
 from yarl import URL
 
-from ..errors import ConfigError, PermanentDownloadError, RetryableDownloadError
+from ..errors import PermanentDownloadError, RetryableDownloadError
 from ..protocol.backoff import Backoff
+from ..transport.proxy import select_proxy
+from .options import DownloadOptions
 
 __all__ = ["DownloadOptions", "DownloadSink", "download", "redact_url"]
 
@@ -91,61 +92,6 @@ class DownloadSink(Protocol):
     def total_size(self, size: int) -> None:
         """The file's size as the server reported it (``Content-Length``/``Content-Range``),
         called once when learned; useful when ``expected_size`` was None (progress)."""
-
-
-@dataclass(frozen=True)
-class DownloadOptions:
-    """Retry and timeout policy of :func:`download`; defaults from NHL (PROTOCOL.md §11.1)."""
-
-    #: failures (disconnect, idle timeout, retryable status) tolerated; one more fails.
-    max_disconnects: int = 10
-    #: seconds without a byte (connecting, waiting for headers or body) that count as a failure.
-    idle_timeout: float = 60.0
-    #: first delay before retrying; doubles per consecutive failure without progress.
-    retry_delay: float = 15.0
-    #: cap of that doubling (``Retry-After`` is capped at this too).
-    retry_delay_max: float = 60.0
-    #: each backoff delay is stretched by ``1 + jitter * rand()`` (so up to 50 % above the cap).
-    jitter: float = 0.5
-    #: hard limit on the whole download, retries and delays included.
-    max_total_time: float = 24 * 3600
-    #: redirects followed per request (301, 302, 303, 307, 308).
-    max_redirects: int = 5
-    #: accept plain ``http://`` firmware URLs (tests, a trusted LAN mirror). Never a redirect
-    #: from ``https`` to ``http``.
-    allow_http: bool = False
-    #: the largest file accepted when the update announced no ``size`` (a misbehaving server
-    #: must not be able to fill the disk); an announced size is trusted (writers check space).
-    max_size: int = 4 * 1024**3
-    #: network read buffer (aiohttp ``read_bufsize``); aiohttp stops reading from the socket
-    #: when twice this is waiting. Chunks handed to the sink are what was buffered: up to about
-    #: that plus one socket read (256 KiB). Trade-off: when a connection drops, aiohttp discards
-    #: what it had buffered (its reads raise before returning it), so up to about that much is
-    #: fetched again on resume; 256 KiB measured ~5-10 % faster than 64 KiB on loopback (fewer
-    #: pause/resume cycles), which only matters on links faster than ~500 MiB/s.
-    chunk_size: int = 65536
-    user_agent: str = "nhlink"
-
-    def __post_init__(self) -> None:
-        if self.max_disconnects < 0:
-            raise ConfigError("max_disconnects", "must be >= 0")
-        for name in ("idle_timeout", "retry_delay", "max_total_time"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(name, "must be > 0")
-        if self.retry_delay_max < self.retry_delay:
-            raise ConfigError("retry_delay_max", "must be >= retry_delay")
-        if not 0 <= self.jitter <= 1:
-            raise ConfigError("jitter", "must be within [0, 1]")
-        if self.max_redirects < 0:
-            raise ConfigError("max_redirects", "must be >= 0")
-        if self.chunk_size < 1024:
-            raise ConfigError("chunk_size", "must be >= 1024")
-        if not isinstance(self.allow_http, bool):
-            raise ConfigError("allow_http", "must be True or False")
-        if isinstance(self.max_size, bool) or not isinstance(self.max_size, int):
-            raise ConfigError("max_size", "must be an integer")
-        if self.max_size < 1:
-            raise ConfigError("max_size", "must be >= 1")
 
 
 def redact_url(url: str | URL) -> str:
@@ -229,13 +175,16 @@ def _describe(exc: BaseException, url: str) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+_DEFAULT_OPTIONS: Final = DownloadOptions()  # frozen, so sharing one default is safe
+
+
 async def download(
     url: str,
     *,
     sink: DownloadSink,
     offset: int = 0,
     expected_size: int | None,
-    options: DownloadOptions = DownloadOptions(),  # frozen, so sharing one default is safe
+    options: DownloadOptions = _DEFAULT_OPTIONS,
     session: aiohttp.ClientSession | None = None,
     ssl: _ssl.SSLContext | bool | None = None,
     rand: Callable[[], float] = random.random,
@@ -306,6 +255,78 @@ async def download(
             await session.close()
 
 
+class _IdleWatch:
+    """The idle timeout of a body read, at the cost of one timer per ``idle`` seconds.
+
+    Each chunk only notes the time (:meth:`progress`). The timer fires ``idle`` seconds after
+    the last note it knows of; if a chunk came meanwhile it re-arms for ``idle`` after that
+    chunk, else it expires the enclosing ``asyncio.timeout`` at once (which cancels the read
+    and raises TimeoutError there, with asyncio's own bookkeeping). While the pacer sleeps on
+    purpose the watch is paused."""
+
+    __slots__ = ("_deadline", "_handle", "_idle", "_last", "_loop", "_paused")
+
+    def __init__(self, deadline: asyncio.Timeout, idle: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._deadline = deadline
+        self._idle = idle
+        self._last = self._loop.time()
+        self._paused = False
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(
+            self._last + idle, self._check
+        )
+
+    def progress(self) -> None:
+        self._last = self._loop.time()
+        self._paused = False
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self._paused or now - self._last < self._idle:
+            base = now if self._paused else self._last
+            self._handle = self._loop.call_at(base + self._idle, self._check)
+            return
+        self._handle = None
+        self._deadline.reschedule(now)  # expire: the read in progress is cancelled
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+class _Pacer:
+    """The download bandwidth cap: a byte budget that grows at ``rate`` per second. The reader
+    spends each chunk from it and sleeps only once the budget is overdrawn by more than a
+    quarter second's worth, until it is back to zero — so a capped download sleeps a few
+    times a second, not once per chunk, and over any stretch of time takes at most ``rate`` ×
+    time plus a quarter second's worth (the budget starts empty and saves no credit, so there
+    is no burst, at the start or after a stall)."""
+
+    __slots__ = ("_balance", "_clock", "_rate", "_slack", "_stamp")
+
+    def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = float(rate)
+        self._slack = rate / 4
+        self._balance = 0.0
+        self._clock = clock
+        self._stamp = clock()
+
+    def spend(self, size: int) -> float:
+        """Account ``size`` bytes; the seconds to sleep now (0.0: carry on)."""
+        now = self._clock()
+        # No credit is saved up (an idle stretch allows no burst after it).
+        self._balance = min(self._balance + (now - self._stamp) * self._rate, 0.0)
+        self._stamp = now
+        self._balance -= size
+        if self._balance >= -self._slack:
+            return 0.0
+        return -self._balance / self._rate
+
+
 class _Download:
     """The state of one :func:`download` call (a plain object: fewer closures, easier to read)."""
 
@@ -333,6 +354,10 @@ class _Download:
         self.ssl = ssl
         #: False once a server sent a Content-Range we did not ask for: stop sending Range.
         self.ranges_ok = True
+        #: the bandwidth cap, across attempts (None: none)
+        self.pacer = (
+            _Pacer(options.max_download_rate) if options.max_download_rate is not None else None
+        )
 
     async def run(
         self, rand: Callable[[], float], sleep: Callable[[float], Awaitable[None]]
@@ -470,6 +495,19 @@ class _Download:
     async def _get(self, url: URL, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """One HTTP GET (no redirects); network failures as :class:`_Retry` or permanent."""
         idle = self.options.idle_timeout
+        proxy = select_proxy(
+            url.scheme,
+            url.host or "",
+            url.port or 443,
+            proxy=self.options.proxy,
+            no_proxy=self.options.no_proxy,
+        )
+        proxy_headers = None
+        if proxy is not None and (auth := proxy.authorization()) is not None:
+            if url.scheme == "https":
+                proxy_headers = {"Proxy-Authorization": auth}  # on the CONNECT only
+            else:  # plain http is sent to the proxy itself (absolute-form request)
+                headers = {**headers, "Proxy-Authorization": auth}
         try:
             async with asyncio.timeout(idle) as connecting:
                 return await self.session.request(
@@ -481,7 +519,16 @@ class _Download:
                     timeout=_NO_TIMEOUT,
                     read_bufsize=self.options.chunk_size,
                     auto_decompress=False,
+                    proxy=proxy.display if proxy is not None else None,
+                    proxy_headers=proxy_headers,
                 )
+        except aiohttp.ClientHttpProxyError as exc:
+            # The proxy answered, and refused: credentials wanted or wrong (407), the target
+            # forbidden (403). Retrying will not change its mind.
+            raise PermanentDownloadError(
+                f"firmware download from {self.display} failed: the proxy {proxy} refused it "
+                f"(HTTP {exc.status}{' ' + exc.message if exc.message else ''})"
+            ) from None
         except (aiohttp.ClientError, OSError) as exc:  # OSError includes TimeoutError
             if connecting.expired():
                 raise _Retry(f"no response within {idle:g} s") from None
@@ -492,43 +539,58 @@ class _Download:
             raise _Retry(_describe(exc, self.url)) from None
 
     async def _read_body(self, response: aiohttp.ClientResponse) -> None:
-        """The hot loop: read whatever is buffered (no copy for a single buffered chunk), hand
-        it to the sink, and only then read again; so memory stays flat and a slow sink slows
-        the socket down (aiohttp pauses reading when its buffer is full)."""
+        """The hot loop: take whatever aiohttp has buffered (one chunk, never joined: no copy),
+        hand it to the sink, and only then read again; so memory stays flat and a slow sink
+        slows the socket down (aiohttp pauses reading when its buffer is full).
+
+        Nothing per chunk beyond that: the idle timeout is one timer per ``idle_timeout``
+        (:class:`_IdleWatch`), not a timer armed and cancelled around every read, and the
+        bandwidth cap sleeps only when its budget is overdrawn (:class:`_Pacer`)."""
         idle = self.options.idle_timeout
         content = response.content
+        readany = content.readany
         sink_data = self.sink.data
         total = self.total
         cap = total if total is not None else self.options.max_size
-        while True:
-            timer = None
-            try:
-                # Bytes already buffered need no timer (the usual case while the sink
-                # hashes and writes): saves a timer per chunk. Same data as readany().
-                chunk = content.read_nowait()
-                if not chunk:
-                    async with asyncio.timeout(idle) as timer:
-                        chunk = await content.readany()
-            except (aiohttp.ClientError, OSError) as exc:  # OSError includes TimeoutError
-                if timer is not None and timer.expired():
-                    raise _Retry(f"no data for {idle:g} s at byte {self.received}") from None
-                raise _Retry(
-                    f"connection lost at byte {self.received}: {_describe(exc, self.url)}"
-                ) from None
-            if not chunk:
-                return
-            end = self.received + len(chunk)
-            if end > cap:
-                raise PermanentDownloadError(
-                    f"firmware download from {self.display}: the server sent more than the "
-                    + (
-                        f"expected {total} bytes"
-                        if total is not None
-                        else f"{cap}-byte limit for an image of unannounced size (max_size)"
-                    )
-                )
-            await sink_data(chunk)
-            self.received = end
+        pacer = self.pacer
+        received = self.received
+        try:
+            async with asyncio.timeout(None) as deadline:
+                watch = _IdleWatch(deadline, idle)
+                try:
+                    while True:
+                        try:
+                            chunk = await readany()
+                        except (aiohttp.ClientError, OSError) as exc:  # not the sink's errors
+                            raise _Retry(
+                                f"connection lost at byte {received}: {_describe(exc, self.url)}"
+                            ) from None
+                        if not chunk:
+                            return
+                        end = received + len(chunk)
+                        if end > cap:
+                            raise PermanentDownloadError(
+                                f"firmware download from {self.display}: the server sent more "
+                                "than the "
+                                + (
+                                    f"expected {total} bytes"
+                                    if total is not None
+                                    else f"{cap}-byte limit for an image of unannounced size "
+                                    "(max_size)"
+                                )
+                            )
+                        watch.pause()  # a slow sink is backpressure, not an idle network
+                        await sink_data(chunk)
+                        self.received = received = end
+                        if pacer is not None and (pause := pacer.spend(len(chunk))):
+                            await asyncio.sleep(pause)
+                        watch.progress()
+                finally:
+                    watch.stop()
+        except TimeoutError:
+            if deadline.expired():
+                raise _Retry(f"no data for {idle:g} s at byte {self.received}") from None
+            raise
 
     def _check_response(self, response: aiohttp.ClientResponse) -> int | None:
         """Judge the status and size headers before any body byte is read.

@@ -31,9 +31,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import importlib
 import inspect
 import logging
 import ssl
+import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -58,7 +60,7 @@ from ..protocol.lifecycle import (
     UpdateInfo,
     normalize_decision,
 )
-from .download import DownloadOptions, download
+from .options import DownloadOptions
 from .stage import WriteStage
 from .state import StateStore, run_in_thread
 from .writer import FwupWriter, can_read_back
@@ -146,6 +148,16 @@ def _new_digest(info: UpdateInfo) -> _core.StreamingDigest:
         part_checksums=list(info.partials_checksums) or None,
         checksum=info.checksum,
     )
+
+
+async def _downloader() -> Any:
+    """:func:`nhlink.update.download.download`, imported on first use in a worker thread: a
+    connected, idle device never loads aiohttp, and loading it (hundreds of ms on a small
+    ARM core) never stalls the event loop's heartbeats."""
+    module = sys.modules.get("nhlink.update.download")
+    if module is None:
+        module = await asyncio.to_thread(importlib.import_module, "nhlink.update.download")
+    return module.download
 
 
 class _Pipeline:
@@ -679,6 +691,7 @@ class UpdateManager:
             await self.save_resume_point(info, offset)
             self.phase = "downloading"
             pipeline = _Pipeline(self, info, writer, digest, self._resumable(info, writer))
+            download = await _downloader()
             await download(
                 info.firmware_url,
                 sink=pipeline,

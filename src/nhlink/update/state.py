@@ -12,7 +12,6 @@ import functools
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -100,6 +99,8 @@ class StateStore:
     def _write(self, data: bytes) -> None:
         assert self.path is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        import tempfile  # only when saving: not part of an idle device's start-up
+
         fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.path.parent)
         try:
             with os.fdopen(fd, "wb") as f:

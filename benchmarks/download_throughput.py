@@ -1,26 +1,27 @@
-"""Firmware download throughput over loopback: nhlink's pipeline against bare aiohttp and sockets.
+"""Firmware download throughput over loopback, measured the way an outsider would.
 
-Each row downloads the same 256 MiB image from one :class:`~nhlink.testing.firmware.FirmwareServer`
-(its own process, serving with ``sendfile``), SHA-256-verifies it and writes it to a null writer:
+The server (:class:`~nhlink.testing.firmware.FirmwareServer`, aiohttp, ``sendfile``) runs in
+its own process; every client row runs in a fresh process of its own (so its CPU time and peak
+RSS are its own), the rows interleaved round by round, and the table shows the **median** of
+the rounds, wall time and CPU seconds side by side, each as a ratio to the raw-socket row of
+the same run:
 
-* ``nhlink-cython`` / ``nhlink-python``: :func:`nhlink.update.download.download` into a sink
-  that does what the update manager does with a current server's update: ``StreamingDigest``
-  (compiled / pure core) with the whole-file checksum *and* the 1 MiB part checksums, so every
-  byte is hashed twice and the verification gate holds each part back until it matched; the
-  released 64 KiB blocks go to the writer through the write stage; then ``flush`` (verifies,
-  releases the rest);
-* ``aiohttp``: ``session.get`` + ``iter_any()`` + ``hashlib.sha256().update`` + writer, per chunk;
 * ``raw-socket`` (the baseline): an HTTP/1.1 GET on a blocking socket, ``recv_into`` one
-  preallocated 1 MiB buffer, ``hashlib`` + writer on each read.
+  preallocated 256 KiB buffer, ``hashlib.sha256`` on each read;
+* ``aiohttp``: ``session.get`` + ``iter_any()`` + ``hashlib``: the bare library;
+* ``download``: :func:`nhlink.update.download.download` into a sink that only hashes with
+  ``hashlib`` — what nhlink's download loop costs around aiohttp;
+* ``pipeline-cython`` / ``pipeline-python``: the whole update path — ``download()``,
+  ``StreamingDigest`` (compiled / pure core) with the whole-file checksum *and* the 1 MiB part
+  checksums (every byte hashed twice, each part held back until it matched), the threaded
+  write stage, and a real :class:`~nhlink.update.writers.FileWriter` writing to disk
+  (``--write-dir``, default a temporary directory under ``/var/tmp``), synced at every part
+  as the update manager does for a resumable writer, fsynced and renamed at the end.
 
-Every client runs in a fresh process, so its peak RSS (``VmHWM``) is its own. The file is
-created in a temporary directory and removed afterwards. Run::
+Run::
 
-    python benchmarks/download_throughput.py                  # 256 MiB, best of 3
-    python benchmarks/download_throughput.py --size-mib 64 --repeat 5 --json out.json
-
-Reports MiB/s (best wall time of ``--repeat``), CPU seconds of the client, its peak RSS and how
-far the download raised RSS above the idle, imported client ("growth": memory stays flat).
+    python benchmarks/download_throughput.py                   # 256 MiB, median of 5
+    python benchmarks/download_throughput.py --size-mib 64 --repeat 9 --json out.json
 """
 
 from __future__ import annotations
@@ -40,13 +41,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-IMPLS = ("nhlink-cython", "nhlink-python", "aiohttp", "raw-socket")
+IMPLS = ("raw-socket", "aiohttp", "download", "pipeline-cython", "pipeline-python")
+#: rows that take the pipeline apart (``--impl``): no sync per part; a writer that keeps nothing
+EXTRA = ("pipeline-nosync", "pipeline-null")
 BASELINE = "raw-socket"
 MIB = 1024 * 1024
 
 
 class NullWriter:
-    """The firmware writer of every row: counts bytes, keeps nothing."""
+    """The writer of the raw and aiohttp rows: counts bytes, keeps nothing."""
 
     def __init__(self) -> None:
         self.written = 0
@@ -70,23 +73,41 @@ async def _serve(path: str, port_file: str) -> None:
 # -- clients (one process per run) ---------------------------------------------------------------
 
 
-async def _nhlink(core_name: str, url: str, size: int, digest: str, parts: list[str]) -> int:
+CORES = ("cython", "python")
+
+
+async def _pipeline(
+    core_name: str,
+    url: str,
+    size: int,
+    digest: str,
+    parts: list[str],
+    write_dir: str,
+    variant: str = "",
+) -> int:
     import importlib
 
     from nhlink.update.download import DownloadOptions, download
     from nhlink.update.stage import WriteStage
-    from nhlink.update.writer import FwupWriter
+    from nhlink.update.writers import FileWriter
 
     core = importlib.import_module(f"nhlink._core.{core_name}")
-    writer = NullWriter()
+    target = Path(write_dir) / f"fw-{os.getpid()}.img"
+    writer: Any = FileWriter(target)
+    if variant == "null":
 
-    class NullFwupWriter(FwupWriter):  # what the update manager drives
-        def fwup_chunk(self, data: bytes | memoryview) -> None:
-            writer.write(data)
+        class Null(FileWriter):
+            def fwup_chunk(self, data: bytes | memoryview) -> None:
+                pass
+
+        writer = Null(target)
+    writer.fwup_begin(size, {})
 
     class Sink:  # the update manager's download sink, minus status reports
         def __init__(self) -> None:
-            self.stage = WriteStage(NullFwupWriter(), self._digest())
+            # sync=True: fwup_sync (flush + fsync) before each resume point, as for a
+            # resumable writer with a state directory.
+            self.stage = WriteStage(writer, self._digest(), sync=variant != "nosync")
 
         def _digest(self) -> Any:
             return core.StreamingDigest(part_checksums=parts, checksum=digest)
@@ -95,8 +116,7 @@ async def _nhlink(core_name: str, url: str, size: int, digest: str, parts: list[
             pass
 
         async def restart(self) -> None:
-            await self.stage.drain()
-            self.stage.replace_digest(self._digest())
+            raise AssertionError("no restarts on loopback")
 
         def total_size(self, size: int) -> None:
             pass
@@ -106,11 +126,42 @@ async def _nhlink(core_name: str, url: str, size: int, digest: str, parts: list[
 
     sink = Sink()
     options = DownloadOptions(allow_http=True)  # the loopback server speaks plain http
-    total = await download(url, sink=sink, expected_size=size, options=options)
-    await sink.stage.drain()
-    await sink.stage.write_final(sink.stage.digest.flush())  # verifies, then the held tail
-    sink.stage.close()
-    assert total == size == writer.written
+    try:
+        total = await download(url, sink=sink, expected_size=size, options=options)
+        await sink.stage.drain()
+        await sink.stage.write_final(sink.stage.digest.flush())  # verifies, then the held tail
+        sink.stage.close()
+        await asyncio.to_thread(writer.fwup_finish)
+        assert total == size
+        assert variant == "null" or target.stat().st_size == size
+    finally:
+        target.unlink(missing_ok=True)
+    return total
+
+
+async def _download(url: str, size: int, digest: str) -> int:
+    from nhlink.update.download import DownloadOptions, download
+
+    hasher = hashlib.sha256()
+    update = hasher.update
+
+    class Sink:  # hashes, nothing else: the download loop's own cost
+        async def attempt(self, number: int, offset: int) -> None:
+            pass
+
+        async def restart(self) -> None:
+            raise AssertionError("no restarts on loopback")
+
+        def total_size(self, size: int) -> None:
+            pass
+
+        async def data(self, chunk: bytes) -> None:
+            update(chunk)
+
+    total = await download(
+        url, sink=Sink(), expected_size=size, options=DownloadOptions(allow_http=True)
+    )
+    assert total == size and hasher.hexdigest() == digest.lower()
     return total
 
 
@@ -137,7 +188,7 @@ def _raw_socket(url: str, size: int, digest: str) -> int:
     assert parts.hostname is not None and parts.port is not None
     writer = NullWriter()
     hasher = hashlib.sha256()
-    buffer = bytearray(MIB)
+    buffer = bytearray(256 * 1024)
     view = memoryview(buffer)
     with socket.create_connection((parts.hostname, parts.port)) as sock:
         request = f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n"
@@ -171,23 +222,32 @@ def _raw_socket(url: str, size: int, digest: str) -> int:
     return size
 
 
-def client(impl: str, url: str, size: int, digest: str, parts: list[str]) -> dict[str, Any]:
+def client(
+    impl: str, url: str, size: int, digest: str, parts: list[str], write_dir: str
+) -> dict[str, Any]:
     # Import what the row needs before the clock starts: importing aiohttp alone takes longer
     # than some downloads.
-    if impl.startswith("nhlink"):
+    if impl.startswith("pipeline"):
         import importlib
 
-        import nhlink.update.download  # noqa: F401
+        import nhlink.update.download
 
-        importlib.import_module(f"nhlink._core.{impl.removeprefix('nhlink-')}")
+        core_name = impl.removeprefix("pipeline-")
+        importlib.import_module(f"nhlink._core.{core_name if core_name in CORES else 'cython'}")
+    elif impl == "download":
+        import nhlink.update.download  # noqa: F401
     elif impl == "aiohttp":
         import aiohttp  # noqa: F401
     before = _status_mib("VmRSS") or 0.0
     wall, cpu = time.perf_counter(), time.process_time()
-    if impl == "nhlink-cython":
-        asyncio.run(_nhlink("cython", url, size, digest, parts))
-    elif impl == "nhlink-python":
-        asyncio.run(_nhlink("python", url, size, digest, parts))
+    if impl in ("pipeline-nosync", "pipeline-null"):
+        variant = impl.removeprefix("pipeline-")
+        asyncio.run(_pipeline("cython", url, size, digest, parts, write_dir, variant))
+    elif impl.startswith("pipeline-"):
+        core = impl.removeprefix("pipeline-")
+        asyncio.run(_pipeline(core, url, size, digest, parts, write_dir))
+    elif impl == "download":
+        asyncio.run(_download(url, size, digest))
     elif impl == "aiohttp":
         asyncio.run(_aiohttp(url, size, digest))
     elif impl == "raw-socket":
@@ -246,7 +306,7 @@ def _make_image(path: Path, size: int) -> str:
 
 
 def _available(impl: str) -> bool:
-    if impl != "nhlink-cython":
+    if impl != "pipeline-cython":
         return True
     try:
         import nhlink._core.cython  # noqa: F401
@@ -255,28 +315,42 @@ def _available(impl: str) -> bool:
     return True
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--size-mib", type=int, default=256)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--impl", action="append", choices=IMPLS, help="rows to run (default all)")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds (the median is shown)")
+    parser.add_argument(
+        "--impl", action="append", choices=IMPLS + EXTRA, help="rows to run (default: IMPLS)"
+    )
+    parser.add_argument("--write-dir", help="where the pipeline rows write (default: /var/tmp)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--serve", nargs=2, metavar=("PATH", "URL_FILE"), help=argparse.SUPPRESS)
-    parser.add_argument("--client", nargs=5, metavar=("IMPL", "URL", "SIZE", "SHA", "PARTS"))
+    parser.add_argument("--client", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.serve:
         asyncio.run(_serve(*args.serve))
         return
     if args.client:
-        impl, url, size, digest, parts_file = args.client
+        impl, url, size, digest, parts_file, write_dir = args.client
         parts = json.loads(Path(parts_file).read_text())
-        print(json.dumps(client(impl, url, int(size), digest, parts)))
+        print(json.dumps(client(impl, url, int(size), digest, parts, write_dir)))
         return
 
     size = args.size_mib * MIB
     impls = [impl for impl in (args.impl or IMPLS) if _available(impl)]
-    with tempfile.TemporaryDirectory(prefix="nhlink-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="nhlink-bench-") as tmp,
+        tempfile.TemporaryDirectory(
+            prefix="nhlink-bench-", dir=args.write_dir or "/var/tmp"
+        ) as write_dir,
+    ):
         image = Path(tmp) / "fw.bin"
         digest = _make_image(image, size)
         url_file = Path(tmp) / "url"
@@ -301,6 +375,7 @@ def main() -> None:
                             str(size),
                             digest,
                             str(image) + ".parts",
+                            write_dir,
                         ],
                         check=True,
                         capture_output=True,
@@ -311,19 +386,29 @@ def main() -> None:
             server.terminate()
             server.wait(10)
 
-    best = {impl: min(runs, key=lambda r: r["seconds"]) for impl, runs in results.items()}
-    base = best.get(BASELINE)
-    print(f"download: {args.size_mib} MiB over loopback + SHA-256 verify + null writer")
-    print(f"(best of {args.repeat}; each client in its own process; server: FirmwareServer)\n")
-    header = f"{'impl':<15} {'MiB/s':>8} {'vs raw':>7} {'CPU s':>7} {'peak RSS MiB':>13}"
-    print(header + f" {'growth MiB':>11}")
+    med = {
+        impl: {key: _median([r[key] for r in runs]) for key in ("seconds", "cpu", "maxrss_mib")}
+        for impl, runs in results.items()
+    }
+    base = med.get(BASELINE)
+    print(f"download: {args.size_mib} MiB over loopback, SHA-256 verified")
+    print(
+        f"(median of {args.repeat} interleaved rounds; each client in its own process; the "
+        "server in another)\n"
+    )
+    print(
+        f"{'impl':<16} {'MiB/s':>7} {'vs raw':>7} {'CPU s':>6} {'CPU vs raw':>10} "
+        f"{'peak RSS MiB':>12}  {'rounds: MiB/s':<}"
+    )
     for impl in impls:
-        row = best[impl]
+        row = med[impl]
         rate = args.size_mib / row["seconds"]
-        ratio = f"{base['seconds'] / row['seconds']:.2f}x" if base else "-"
+        speed = f"{base['seconds'] / row['seconds']:.2f}x" if base else "-"
+        cpu = f"{row['cpu'] / base['cpu']:.2f}x" if base else "-"
+        rounds = " ".join(f"{args.size_mib / r['seconds']:.0f}" for r in results[impl])
         print(
-            f"{impl:<15} {rate:>8.0f} {ratio:>7} {row['cpu']:>7.2f} {row['maxrss_mib']:>13.1f}"
-            f" {row['growth_mib']:>11.1f}"
+            f"{impl:<16} {rate:>7.0f} {speed:>7} {row['cpu']:>6.2f} {cpu:>10} "
+            f"{row['maxrss_mib']:>12.1f}  {rounds}"
         )
     if args.json:
         args.json.write_text(json.dumps({"size": size, "runs": results}, indent=2))

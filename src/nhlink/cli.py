@@ -117,7 +117,9 @@ def _socket_path(args: argparse.Namespace) -> Path:
         doc = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
         value = doc.get("agent", {}).get("control_socket")
         if isinstance(value, str):
-            return Path(os.path.expandvars(value))
+            expanded = os.path.expandvars(value)
+            if "$" not in expanded:  # ${RUNTIME_DIRECTORY} is set for the service only
+                return Path(expanded)
     except (OSError, ValueError, AttributeError):
         pass
     return _runtime_default(os.environ)

@@ -357,9 +357,14 @@ async def test_plain_log_lines_without_the_journal(
     doc = setup.doc()
     del doc["product_secret_file"]
     doc["product_secret_env"] = "NHLINK_TEST_SECRET"
+    seen = setup.root / "hook-env"
+    doc["hooks"]["identify"] = f"env > {seen}"
     setup.write(doc)
     agent = agents(env={**secret_env, "JOURNAL_STREAM": "1:1"}).start("--log-level", "debug")
     await hub.wait_for_device("gw-0001", timeout=30)
+    await hub.identify("gw-0001")
+    await poll(lambda: seen.exists() and "NHLINK_DEVICE=gw-0001" in seen.read_text())
+    assert SECRET not in seen.read_text()  # hooks never inherit the secret's variable
     assert await agent.stop() == 0
     assert " INFO nhlink.link: gw-0001: joined the device channel" in agent.log
     assert not agent.log.startswith("<")  # JOURNAL_STREAM names another file: not the journal

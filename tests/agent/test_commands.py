@@ -245,6 +245,13 @@ def test_the_update_lock_excludes_other_processes(tmp_path: Path) -> None:
     assert other.busy() is None
     other.acquire()
     other.release()
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    if os.geteuid() == 0:  # a lock file planted by another user is not ours to trust
+        planted = tmp_path / "planted.lock"
+        planted.touch()
+        os.chown(planted, 65534, 65534)
+        with pytest.raises(LockBusy, match="belongs to uid 65534"):
+            UpdateLock(planted, "test").acquire()
 
 
 async def test_hook_output_reaches_the_device_log(tmp_path: Path, run_dir: Path) -> None:

@@ -140,6 +140,11 @@ def test_the_environment_rules() -> None:
     env_np = {**env, "no_proxy": "example.com"}
     assert select_proxy("wss", "hub.example.com", 443, environ=env_np) is None
     assert select_proxy("wss", "hub.example.com", 443, no_proxy="", environ=env_np) is not None
+    # An explicit proxy still honours the environment's no_proxy, unless no_proxy is given.
+    assert select_proxy("wss", "hub.example.com", 443, proxy="http://m:1", environ=env_np) is None
+    assert select_proxy(
+        "wss", "hub.example.com", 443, proxy="http://m:1", no_proxy="", environ=env_np
+    ) == Proxy("m", 1)
 
 
 @pytest.mark.parametrize(
@@ -181,12 +186,15 @@ def test_proxy_urls_and_credentials_never_shown() -> None:
         ("https://p:1", "only http://"),
         ("socks5://p:1", "only http://"),
         ("http://:1", "no host"),
-        ("http://p:99999", "bad port"),
+        ("http://p:99999", "not a valid proxy URL"),
         ("http://p:1/path", "scheme://host:port"),
     ]:
         with pytest.raises(ConfigError, match=message) as info:
             Proxy.parse(bad.replace("://", f"://{USER}:{PASSWORD}@"))
         assert PASSWORD not in str(info.value)
+    with pytest.raises(ConfigError, match="not a valid proxy URL") as odd:
+        Proxy.parse(f"http://{USER}:{PASSWORD}\uff03x@proxy:3128")  # urlsplit refuses it
+    assert PASSWORD not in str(odd.value)
     with pytest.raises(ConfigError, match="proxy") as bad_option:
         nhlink.LinkConfig.build(**device_options(4000), proxy=f"ftp://{USER}:{PASSWORD}@p:1")
     assert PASSWORD not in str(bad_option.value)

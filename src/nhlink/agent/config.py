@@ -344,7 +344,7 @@ class DeviceSpec:
     writer: WriterSpec | None
     hooks: Hooks
     update: UpdateRules
-    download: dict[str, Any]
+    download: dict[str, Any] = field(repr=False)  # may carry a proxy's credentials
     extensions: dict[str, bool]
     identity: str
     url: str
@@ -366,6 +366,8 @@ class AgentConfig:
     path: Path
     agent: AgentSettings
     devices: tuple[DeviceSpec, ...]
+    #: environment variables the file reads secrets from (kept from child processes)
+    secret_env: frozenset[str] = frozenset()
 
     def device(self, name: str | None) -> DeviceSpec:
         """The device called ``name``, or the only one. Raises AgentConfigError."""
@@ -412,6 +414,8 @@ class _Loader:
     def __init__(self, path: Path, environ: Mapping[str, str]) -> None:
         self.path = path
         self.environ = environ
+        #: environment variables that hold secrets (product_secret_env)
+        self.secret_env: set[str] = set()
 
     def error(self, key: str, message: str) -> AgentConfigError:
         return AgentConfigError(self.path, key, message)
@@ -521,6 +525,7 @@ class _Loader:
             merged["product_secret"] = self.read_secret(key, merged.pop("product_secret_file"))
         elif "product_secret_env" in merged:
             var = merged.pop("product_secret_env")
+            self.secret_env.add(var)
             value = self.environ.get(var)
             if not value:
                 raise self.error(f"{where}.product_secret_env", f"${var} is not set (or empty)")
@@ -531,6 +536,13 @@ class _Loader:
                 f"an inline secret in a file other users can read (mode {file_mode & 0o777:04o}): "
                 "use product_secret_file or product_secret_env, or chmod 600 the file",
             )
+        for key, value in (("proxy", merged.get("proxy")),):
+            if isinstance(value, str) and "@" in value and file_mode & 0o077:
+                raise self.error(
+                    f"{where}.{key}",
+                    f"proxy credentials in a file other users can read (mode "
+                    f"{file_mode & 0o777:04o}): chmod 600 the file",
+                )
         if "identifier_file" in merged:
             if "identifier" in merged:
                 raise self.error(f"{where}.identifier_file", "give identifier or identifier_file")
@@ -721,7 +733,7 @@ def _load(path: Path, environ: Mapping[str, str]) -> AgentConfig:
                 f"device identity {spec.identity!r} on {identity[1]} is configured twice "
                 "(the server would disconnect the two from each other in a loop)",
             )
-    return AgentConfig(path, settings, tuple(specs))
+    return AgentConfig(path, settings, tuple(specs), frozenset(loader.secret_env))
 
 
 def _runtime_default(environ: Mapping[str, str]) -> Path:
@@ -745,6 +757,20 @@ def _device(
     sections = {key: merged.pop(key, {}) for key in SECTIONS}
     writer = merged.pop("writer", None)
     loader.secrets(where, merged, file_mode)
+    download_proxy = sections["download"].get("proxy")
+    if isinstance(download_proxy, str) and "@" in download_proxy and file_mode & 0o077:
+        raise loader.error(
+            f"{where}.download.proxy",
+            f"proxy credentials in a file other users can read (mode {file_mode & 0o777:04o}): "
+            "chmod 600 the file",
+        )
+    if merged.get("proxy") is not None and "proxy" not in sections["download"]:
+        # The device's proxy serves its firmware downloads too (as in the library).
+        sections["download"] = {
+            **sections["download"],
+            "proxy": merged["proxy"],
+            **({"no_proxy": merged["no_proxy"]} if "no_proxy" in merged else {}),
+        }
     if "name" not in merged:
         merged["name"] = merged.get("identifier") or f"device{index}"
     merged.setdefault("state_dir", settings.state_dir)

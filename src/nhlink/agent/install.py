@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -174,12 +175,14 @@ async def install(
     await job.begin(size, meta)
     try:
         if is_url:
+            ca = spec.link_options.get("firmware_ca_file")
             await download(
                 source,
                 sink=job,
                 offset=0,
                 expected_size=None,
-                options=options or spec.download_options(),
+                options=options or spec.download_options(),  # the device's proxy included
+                ssl=ssl.create_default_context(cafile=str(ca)) if ca else None,
             )
         else:
             with open(source, "rb") as f:  # noqa: ASYNC230 - local reads, chunk by chunk

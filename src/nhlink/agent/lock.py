@@ -52,8 +52,16 @@ class UpdateLock:
         if self._fd is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
+            owner = os.fstat(fd).st_uid
+            if owner not in (os.geteuid(), 0):
+                # In a world-writable directory (/run/lock) another user could plant the file
+                # and hold its lock forever: only ours, or root's, counts.
+                raise LockBusy(
+                    f"refusing the update lock {self.path}: it belongs to uid {owner}, not to "
+                    "this user or root (remove it)"
+                )
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)

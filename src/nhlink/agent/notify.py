@@ -57,7 +57,12 @@ class Notifier:
         """Send ``KEY=value`` lines (keyword names are upper-cased); True if sent."""
         if self.address is None:
             return False
-        text = "\n".join(f"{key.upper()}={value}" for key, value in fields.items())
+        # One line per field: a value with a newline (a firmware version from the server in
+        # STATUS=) must not smuggle in another assignment such as STOPPING=1.
+        text = "\n".join(
+            f"{key.upper()}={''.join(c if c.isprintable() else ' ' for c in value)}"
+            for key, value in fields.items()
+        )
         target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
         try:
             if self._sock is None:

@@ -32,7 +32,7 @@ from ..protocol.lifecycle import Decision
 from ..update.state import run_in_thread
 from ..update.writer import FwupWriter, as_writer
 from ..update.writers import _proc
-from .config import AgentConfig, AgentConfigError, DeviceSpec, load
+from .config import AgentConfig, DeviceSpec, load
 from .control import ControlServer
 from .lock import LockBusy, UpdateLock
 from .notify import Notifier
@@ -510,6 +510,11 @@ class Agent:
             "nhlink run",
         )
         self.control = ControlServer(config.agent.control_socket, self.handle)
+        # Hooks and command writers inherit the environment: never a secret from it. The
+        # agent keeps its own copy to read the secret again on reload.
+        self._environ = dict(os.environ)
+        for name in config.secret_env:
+            os.environ.pop(name, None)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -527,7 +532,7 @@ class Agent:
         try:
             await self.control.start()
             for spec in self.config.devices:
-                await self._start(spec)
+                await self._start(spec)  # one that cannot start stops the others (finally)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
@@ -551,11 +556,14 @@ class Agent:
             self.notifier.stopping()
             for task in background:
                 task.cancel()
-            await asyncio.gather(*(d.stop(suspend=True) for d in self.devices.values()))
-            self.devices.clear()
         finally:
+            self._stop.set()  # a reload still running must not start devices any more
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            async with self._reload_lock:
+                leftover = list(self.devices.values())
+                self.devices.clear()
+                await asyncio.gather(*(d.stop(suspend=True) for d in leftover))
             await self.control.close()
             self.notifier.close()
             self._instance.release()
@@ -574,13 +582,17 @@ class Agent:
         """SIGHUP: re-read the file; restart only the devices whose settings changed. A bad
         file changes nothing (the error is logged)."""
         async with self._reload_lock:
+            if self._stop.is_set():
+                return
             self.notifier.reloading()
             try:
-                new = await run_in_thread(load, self.config.path)
-            except AgentConfigError as exc:
+                new = await run_in_thread(load, self.config.path, self._environ)
+            except Exception as exc:  # AgentConfigError, or anything unexpected
                 logger.error("reload refused, the running configuration stays: %s", exc)
                 self.notifier.ready(self.status_line())
                 return
+            for name in new.secret_env:
+                os.environ.pop(name, None)
             if new.agent != self.config.agent:
                 logger.warning("reload: changes to [agent] take effect at the next start")
             wanted = {spec.name: spec for spec in new.devices}
@@ -600,6 +612,8 @@ class Agent:
                     restarted.append(name)
                 else:
                     added.append(name)
+                if self._stop.is_set():
+                    break
                 try:
                     await self._start(spec)
                 except Exception as exc:

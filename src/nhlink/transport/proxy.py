@@ -1,10 +1,11 @@
 """HTTP proxies: which one a URL goes through, and a ``CONNECT`` tunnel for the device socket.
 
-Selection follows curl's long-standing rules. An explicit ``proxy`` wins over the environment
-(``""`` means "no proxy", ignoring the environment); otherwise ``https_proxy``/``HTTPS_PROXY``
+Selection follows curl's long-standing rules. An explicit ``proxy`` wins over the environment's
+proxy variables (``""`` means "no proxy", ignoring them); otherwise ``https_proxy``/``HTTPS_PROXY``
 for ``https``/``wss`` URLs, ``http_proxy`` (lower case only: ``HTTP_PROXY`` can be set by a
 web server's CGI environment) for ``http``/``ws``, ``all_proxy``/``ALL_PROXY`` for either.
-``no_proxy``/``NO_PROXY`` (or the explicit ``no_proxy``) lists hosts that are reached directly:
+``no_proxy``/``NO_PROXY`` (unless an explicit ``no_proxy`` is given, also with an explicit
+``proxy``) lists hosts that are reached directly:
 comma-separated names that match the host and its subdomains (``example.com`` matches
 ``hub.example.com``; a leading ``.`` or ``*.`` is the same), IP addresses, CIDR blocks
 (``10.0.0.0/8``), an optional ``:port``, or ``*`` for everything.
@@ -52,8 +53,13 @@ class Proxy:
         text = url.strip()
         if "://" not in text:
             text = "http://" + text
-        parts = urlsplit(text)
         shown = redact(url)
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 - validates the port (ValueError)
+        except ValueError:
+            # urlsplit's messages quote the whole netloc, credentials included.
+            raise ConfigError(option, f"not a valid proxy URL: {shown}") from None
         if parts.scheme != "http":
             raise ConfigError(
                 option,
@@ -64,10 +70,7 @@ class Proxy:
             raise ConfigError(option, f"no host in {shown}")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ConfigError(option, f"a proxy URL is scheme://host:port, not {shown}")
-        try:
-            port = parts.port or 80
-        except ValueError:
-            raise ConfigError(option, f"bad port in {shown}") from None
+        port = parts.port or 80  # checked above
         user = unquote(parts.username) if parts.username is not None else None
         password = unquote(parts.password) if parts.password is not None else None
         return cls(parts.hostname, port, user, password)
@@ -175,7 +178,7 @@ def select_proxy(
     env = os.environ if environ is None else environ
     if proxy is not None:
         chosen = proxy
-        exclusions = no_proxy or ""
+        exclusions = no_proxy if no_proxy is not None else _env(env, "no_proxy", "NO_PROXY") or ""
     else:
         secure = scheme in ("https", "wss")
         chosen = (

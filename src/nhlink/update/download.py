@@ -260,18 +260,20 @@ class _IdleWatch:
 
     Each chunk only notes the time (:meth:`progress`). The timer fires ``idle`` seconds after
     the last note it knows of; if a chunk came meanwhile it re-arms for ``idle`` after that
-    chunk, else it expires the enclosing ``asyncio.timeout`` at once (which cancels the read
-    and raises TimeoutError there, with asyncio's own bookkeeping). While the pacer sleeps on
-    purpose the watch is paused."""
+    chunk, else it calls ``expire`` (which closes the response: the pending read then fails)
+    and sets :attr:`expired`. It never cancels the reading task, so a sink is never interrupted
+    in the middle of a chunk (the bytes it took and ``received`` stay equal). While the sink
+    works or the pacer sleeps the watch is paused: backpressure is not an idle network."""
 
-    __slots__ = ("_deadline", "_handle", "_idle", "_last", "_loop", "_paused")
+    __slots__ = ("_expire", "_handle", "_idle", "_last", "_loop", "_paused", "expired")
 
-    def __init__(self, deadline: asyncio.Timeout, idle: float) -> None:
+    def __init__(self, idle: float, expire: Callable[[], object]) -> None:
         self._loop = asyncio.get_running_loop()
-        self._deadline = deadline
         self._idle = idle
+        self._expire = expire
         self._last = self._loop.time()
         self._paused = False
+        self.expired = False
         self._handle: asyncio.TimerHandle | None = self._loop.call_at(
             self._last + idle, self._check
         )
@@ -290,7 +292,8 @@ class _IdleWatch:
             self._handle = self._loop.call_at(base + self._idle, self._check)
             return
         self._handle = None
-        self._deadline.reschedule(now)  # expire: the read in progress is cancelled
+        self.expired = True
+        self._expire()
 
     def stop(self) -> None:
         if self._handle is not None:
@@ -554,43 +557,39 @@ class _Download:
         cap = total if total is not None else self.options.max_size
         pacer = self.pacer
         received = self.received
+        watch = _IdleWatch(idle, response.close)
         try:
-            async with asyncio.timeout(None) as deadline:
-                watch = _IdleWatch(deadline, idle)
+            while True:
                 try:
-                    while True:
-                        try:
-                            chunk = await readany()
-                        except (aiohttp.ClientError, OSError) as exc:  # not the sink's errors
-                            raise _Retry(
-                                f"connection lost at byte {received}: {_describe(exc, self.url)}"
-                            ) from None
-                        if not chunk:
-                            return
-                        end = received + len(chunk)
-                        if end > cap:
-                            raise PermanentDownloadError(
-                                f"firmware download from {self.display}: the server sent more "
-                                "than the "
-                                + (
-                                    f"expected {total} bytes"
-                                    if total is not None
-                                    else f"{cap}-byte limit for an image of unannounced size "
-                                    "(max_size)"
-                                )
-                            )
-                        watch.pause()  # a slow sink is backpressure, not an idle network
-                        await sink_data(chunk)
-                        self.received = received = end
-                        if pacer is not None and (pause := pacer.spend(len(chunk))):
-                            await asyncio.sleep(pause)
-                        watch.progress()
-                finally:
-                    watch.stop()
-        except TimeoutError:
-            if deadline.expired():
-                raise _Retry(f"no data for {idle:g} s at byte {self.received}") from None
-            raise
+                    chunk = await readany()
+                except (aiohttp.ClientError, OSError) as exc:  # not the sink's errors
+                    if watch.expired:
+                        raise _Retry(f"no data for {idle:g} s at byte {received}") from None
+                    raise _Retry(
+                        f"connection lost at byte {received}: {_describe(exc, self.url)}"
+                    ) from None
+                if not chunk:
+                    if watch.expired:
+                        raise _Retry(f"no data for {idle:g} s at byte {received}")
+                    return
+                end = received + len(chunk)
+                if end > cap:
+                    raise PermanentDownloadError(
+                        f"firmware download from {self.display}: the server sent more than the "
+                        + (
+                            f"expected {total} bytes"
+                            if total is not None
+                            else f"{cap}-byte limit for an image of unannounced size (max_size)"
+                        )
+                    )
+                watch.pause()  # a slow sink is backpressure, not an idle network
+                await sink_data(chunk)
+                self.received = received = end
+                if pacer is not None and (pause := pacer.spend(len(chunk))):
+                    await asyncio.sleep(pause)
+                watch.progress()
+        finally:
+            watch.stop()
 
     def _check_response(self, response: aiohttp.ClientResponse) -> int | None:
         """Judge the status and size headers before any body byte is read.

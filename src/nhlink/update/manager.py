@@ -716,7 +716,12 @@ class UpdateManager:
         except asyncio.CancelledError:
             if writer is not None and self._suspending(info, writer):
                 if pipeline is None:
-                    raise  # stopped while beginning: _begin kept the image (or had none)
+                    # Stopped while beginning: _begin kept the image (or had none). Begun but
+                    # not streaming yet (saving the resume point): release the writer too.
+                    if began:
+                        with contextlib.suppress(WriterError):
+                            await asyncio.shield(call_writer("fwup_suspend", writer.fwup_suspend))
+                    raise
                 if self.phase == "downloading":
                     await asyncio.shield(self._suspend_download(info, writer, pipeline))
                     raise

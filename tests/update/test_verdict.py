@@ -50,7 +50,8 @@ async def test_a_verdict_the_socket_may_have_lost_is_sent_again() -> None:
     manager = UpdateManager(host)
     await manager.report(wire.STATUS_FAILED, reason="SHA-256 mismatch")
     assert pending(manager)
-    await manager.joined()  # a re-join before any heartbeat answered: sent again
+    await manager.connection_lost()  # the socket died before any heartbeat was answered
+    await manager.joined()  # the re-join: sent again
     assert statuses(host) == ["failed", "failed"]
     host.answered = 99  # a later heartbeat was answered: delivered
     assert not pending(manager)
@@ -76,3 +77,18 @@ async def test_other_statuses_are_best_effort() -> None:
     await manager.joined()
     assert statuses(host) == ["downloading"]
     assert not pending(manager)
+
+
+async def test_a_verdict_sent_while_the_join_was_on_the_way_is_not_sent_twice() -> None:
+    """Found by the reliability campaign (seed 16, ~1 run in 10): the update ended while the
+    new socket's join was on the way; its ``completed`` went out on that socket, and the join
+    reply then sent it again — the server heard ``completed`` twice."""
+    host = Host()
+    manager = UpdateManager(host)
+    await manager.report(wire.STATUS_COMPLETED)  # on the socket whose join is on the way
+    await manager.joined()  # that join's reply
+    assert statuses(host) == ["completed"]
+    assert pending(manager)  # not confirmed yet: if this socket dies, the next join resends
+    await manager.connection_lost()
+    await manager.joined()
+    assert statuses(host) == ["completed", "completed"]

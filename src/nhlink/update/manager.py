@@ -301,7 +301,9 @@ class UpdateManager:
         self.completed_count = 0
         self.failed_count = 0
         #: the last final status sent (payload, ref; None when it could not be sent)
-        self._verdict: tuple[dict[str, Any], str | None] | None = None
+        #: (payload, ref or None when it could not be sent, the connection it was sent on)
+        self._verdict: tuple[dict[str, Any], str | None, int] | None = None
+        self._connection = 0  # counts lost connections: which socket a message went out on
         self._stopping = False
         self._suspend = False
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -333,7 +335,7 @@ class UpdateManager:
             # The verdict matters to the server (success, penalty box, failure thresholds). It
             # counts as delivered once a later heartbeat was answered; until then the next join
             # sends it again (at least once: a socket can take a message and die).
-            self._verdict = (payload, ref)
+            self._verdict = (payload, ref, self._connection)
 
     async def progress(self, stage: str, percent: int) -> None:
         # One non-decreasing sequence per stage and update: the download and a streaming
@@ -404,7 +406,9 @@ class UpdateManager:
             await asyncio.wait({task})
 
     async def connection_lost(self) -> None:
-        """The socket dropped: a running download carries on (it does not need the socket)."""
+        """The socket dropped: a running download carries on (it does not need the socket).
+        A verdict sent on it and not confirmed is now in doubt (see :meth:`joined`)."""
+        self._connection += 1
 
     async def joined(self) -> None:
         """The device channel is joined (again): send the last verdict again unless the
@@ -412,12 +416,18 @@ class UpdateManager:
         verdict = self._verdict
         if verdict is None:
             return
-        payload, ref = verdict
+        payload, ref, connection = verdict
         if ref is not None and self.host.delivered(ref):
             self._verdict = None
             return
+        if ref is not None and connection == self._connection:
+            # Sent on this very socket (while its join was on the way): it arrives after the
+            # join, in order. Sending it again would make the server hear it twice; if this
+            # socket dies before a heartbeat confirms it, the next join sends it again.
+            return
         logger.info("%s: reporting %s again (its delivery is not confirmed)", self.name, payload)
-        self._verdict = (payload, await self._send(wire.EVENT_STATUS_UPDATE, payload))
+        ref = await self._send(wire.EVENT_STATUS_UPDATE, payload)
+        self._verdict = (payload, ref, self._connection)
 
     @property
     def verdict_pending(self) -> bool:

@@ -12,15 +12,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import re
-import sys
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import nhlink
 from nhlink import NervesHubLink
+from nhlink.testing.process import HubProcess
 from nhlink.testing.proxy import FaultProxy
 from tests.support import KEY, SECRET, device_options
 
@@ -48,33 +47,13 @@ def rss_kib() -> int:
 
 
 @pytest.fixture
-async def hub_port() -> AsyncIterator[int]:
-    """A FakeHub in a process of its own; its port."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "nhlink.testing",
-        "--port",
-        "0",
-        "--product-key",
-        KEY,
-        "--product-secret",
-        SECRET,
-        stdout=asyncio.subprocess.PIPE,
-        env=CHILD_ENV,
-    )
-    assert proc.stdout is not None
+def hub_port() -> Iterator[int]:
+    """A FakeHub in a process of its own (its CPU and memory are not this process's); its port."""
+    hub = HubProcess(KEY, SECRET, env=CHILD_ENV).start()
     try:
-        async with asyncio.timeout(30):
-            while line := (await proc.stdout.readline()).decode():
-                if m := re.search(r"device socket: wss?://127\.0\.0\.1:(\d+)/", line):
-                    break
-            else:
-                raise AssertionError("the hub process did not start")
-        yield int(m.group(1))
+        yield hub.port
     finally:
-        proc.terminate()
-        await proc.wait()
+        hub.stop()
 
 
 async def cycle(link: NervesHubLink, proxy: FaultProxy) -> None:

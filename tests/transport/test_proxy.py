@@ -70,6 +70,7 @@ class TinyProxy:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tinyproxy exited: {self.log}")
             time.sleep(0.02)  # another process getting ready: nothing to wait on
+        self.stop()  # never leave it running behind a failed start
         raise RuntimeError(f"tinyproxy did not start: {self.log}")
 
     @property

@@ -76,6 +76,19 @@ async def _serve(path: str, port_file: str) -> None:
 CORES = ("cython", "python")
 
 
+class _LoopbackSink:
+    """What every row's download sink shares: nothing to do per attempt, no restarts."""
+
+    async def attempt(self, number: int, offset: int) -> None:
+        pass
+
+    async def restart(self) -> None:
+        raise AssertionError("no restarts on loopback")
+
+    def total_size(self, size: int) -> None:
+        pass
+
+
 async def _pipeline(
     core_name: str,
     url: str,
@@ -103,7 +116,7 @@ async def _pipeline(
         writer = Null(target)
     writer.fwup_begin(size, {})
 
-    class Sink:  # the update manager's download sink, minus status reports
+    class Sink(_LoopbackSink):  # the update manager's download sink, minus status reports
         def __init__(self) -> None:
             # sync=True: fwup_sync (flush + fsync) before each resume point, as for a
             # resumable writer with a state directory.
@@ -111,15 +124,6 @@ async def _pipeline(
 
         def _digest(self) -> Any:
             return core.StreamingDigest(part_checksums=parts, checksum=digest)
-
-        async def attempt(self, number: int, offset: int) -> None:
-            pass
-
-        async def restart(self) -> None:
-            raise AssertionError("no restarts on loopback")
-
-        def total_size(self, size: int) -> None:
-            pass
 
         async def data(self, chunk: bytes) -> None:
             await self.stage.feed(chunk)
@@ -145,16 +149,7 @@ async def _download(url: str, size: int, digest: str) -> int:
     hasher = hashlib.sha256()
     update = hasher.update
 
-    class Sink:  # hashes, nothing else: the download loop's own cost
-        async def attempt(self, number: int, offset: int) -> None:
-            pass
-
-        async def restart(self) -> None:
-            raise AssertionError("no restarts on loopback")
-
-        def total_size(self, size: int) -> None:
-            pass
-
+    class Sink(_LoopbackSink):  # hashes, nothing else: the download loop's own cost
         async def data(self, chunk: bytes) -> None:
             update(chunk)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,14 @@ async def deliver(
         payload = await wait_status(hub, expect, options.get("name", "gw-0001"))
         assert link.status.joined  # whatever happened to the update, the connection is fine
     return payload
+
+
+def resume_point(state: Path) -> int:
+    """The resume point (``verified_offset``) a device saved in its state file; 0 if none."""
+    try:
+        return int(json.loads(state.read_text())["download"]["verified_offset"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def image(size: int, seed: int = 1) -> bytes:

@@ -5,7 +5,6 @@ update lock, hook policies, journald logs, and the commands around it."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import signal
 import subprocess
@@ -26,6 +25,7 @@ from tests.support import (
     image,
     parts,
     push,
+    resume_point,
     sha,
     statuses,
     wait_status,
@@ -38,13 +38,6 @@ def join_params(hub: FakeHub, ident: str = "gw-0001") -> dict[str, Any]:
     params = hub.devices[ident].join_params
     assert params is not None
     return params
-
-
-def resume_point(state: Path) -> int:
-    try:
-        return int(json.loads(state.read_text())["download"]["verified_offset"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
 
 
 async def test_sigterm_mid_download_resumes_on_the_next_start(

@@ -30,6 +30,7 @@ from tests.support import (
     device_options,
     ota_options,
     push,
+    resume_point,
     sha,
     statuses,
 )
@@ -57,13 +58,6 @@ def downloading(state: Path) -> bool:
         return json.loads(state.read_text())["download"] is not None
     except (OSError, ValueError, KeyError, TypeError):
         return False
-
-
-def resume_point(state: Path) -> int:
-    try:
-        return int(json.loads(state.read_text())["download"]["verified_offset"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
 
 
 @pytest.mark.parametrize("seed", _seeds())

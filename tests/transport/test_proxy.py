@@ -203,6 +203,16 @@ def test_proxy_urls_and_credentials_never_shown() -> None:
     assert PASSWORD not in repr(config)
 
 
+async def first_error(hub: FakeHub, proxy: str) -> nhlink.LinkStatus:
+    """Start a device with ``proxy``; its status once the first connection attempt failed."""
+    link = nhlink.NervesHubLink(**device_options(hub), proxy=proxy)
+    await link.start()
+    try:
+        return await link.wait_for(lambda s: s.last_error is not None, timeout=10)
+    finally:
+        await link.stop()
+
+
 # -- the device socket through tinyproxy --------------------------------------------------------
 
 
@@ -235,21 +245,11 @@ async def test_proxy_credentials(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     proxy = proxies(auth=True)
-    link = nhlink.NervesHubLink(**device_options(hub), proxy=proxy.url)  # no credentials
-    await link.start()
-    try:
-        status = await link.wait_for(lambda s: s.last_error is not None, timeout=10)
-    finally:
-        await link.stop()
+    status = await first_error(hub, proxy.url)  # no credentials
     assert isinstance(status.last_error, ProxyError) and status.last_error.status == 407
     assert "wants credentials" in str(status.last_error)
     wrong = f"http://{USER}:wrong-{PASSWORD}@127.0.0.1:{proxy.port}"
-    link = nhlink.NervesHubLink(**device_options(hub), proxy=wrong)
-    await link.start()
-    try:
-        status = await link.wait_for(lambda s: s.last_error is not None, timeout=10)
-    finally:
-        await link.stop()
+    status = await first_error(hub, wrong)
     assert isinstance(status.last_error, ProxyError) and "were refused" in str(status.last_error)
     async with nhlink.NervesHubLink(**device_options(hub), proxy=proxy.auth_url) as link:
         await link.wait_joined(10)
@@ -260,23 +260,13 @@ async def test_a_proxy_that_forbids_the_target(
     hub: FakeHub, proxies: Callable[..., TinyProxy]
 ) -> None:
     proxy = proxies(connect_ports=(443,))  # tunnels to port 443 only
-    link = nhlink.NervesHubLink(**device_options(hub), proxy=proxy.url)
-    await link.start()
-    try:
-        status = await link.wait_for(lambda s: s.last_error is not None, timeout=10)
-    finally:
-        await link.stop()
+    status = await first_error(hub, proxy.url)
     assert isinstance(status.last_error, ProxyError) and status.last_error.status == 403
     assert f"refused the tunnel to 127.0.0.1:{hub.port}: HTTP 403" in str(status.last_error)
 
 
 async def test_an_unreachable_proxy(hub: FakeHub) -> None:
-    link = nhlink.NervesHubLink(**device_options(hub), proxy=f"http://127.0.0.1:{free_port()}")
-    await link.start()
-    try:
-        status = await link.wait_for(lambda s: s.last_error is not None, timeout=10)
-    finally:
-        await link.stop()
+    status = await first_error(hub, f"http://127.0.0.1:{free_port()}")
     assert isinstance(status.last_error, ProxyError)
     assert "cannot connect to the proxy" in str(status.last_error)
 

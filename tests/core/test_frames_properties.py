@@ -255,6 +255,142 @@ def test_mask_inplace_continues_across_random_chunks(
     assert bytes(buf) == core.apply_mask(data, key, offset) == reference_mask(data, key, offset)
 
 
+# -- receiving in place (payload_buffer / payload_received) ---------------------------------------
+
+
+def buffered_outcomes(core: ModuleType, data: bytes, reads: list[int], **options: Any) -> list[Any]:
+    """Read ``data`` as an ``asyncio.BufferedProtocol`` transport would, in reads of the given
+    sizes (cycled): into ``payload_buffer()`` when the parser offers one, else a chunk to feed.
+    Each read's outcome is recorded as in :func:`outcomes`."""
+    parser = core.FrameParser(**options)
+    result: list[Any] = []
+    pos = 0
+    i = 0
+    while pos < len(data):
+        want = reads[i % len(reads)] if reads else len(data)
+        i += 1
+        view = parser.payload_buffer()
+        try:
+            if view is None:
+                frames = parser.feed(data[pos : pos + want])
+                pos += min(want, len(data) - pos)
+            else:
+                n = min(want, len(view), len(data) - pos)
+                view[:n] = data[pos : pos + n]
+                pos += n
+                frames = parser.payload_received(n)
+        except FrameError as exc:
+            result.append(("error", exc.close_code))
+            break
+        result.append([(f.opcode, f.payload, f.fin, f.rsv1) for f in frames])
+    return result
+
+
+@st.composite
+def large_streams(draw: st.DrawFn) -> list[FrameSpec]:
+    """Streams with frames of 64 KiB and more (received in place), text and binary, fragmented,
+    between small frames."""
+    frames: list[FrameSpec] = []
+    for _ in range(draw(st.integers(1, 3))):
+        size = draw(st.sampled_from([65535, 65536, 65537, 70_000, 131_072, 200_003]))
+        if draw(st.booleans()):
+            payload = ("é€a" * (size // 6 + 1)).encode()[:size]
+            payload = payload[: len(payload.decode("utf-8", "ignore").encode())]
+            opcode = 1
+        else:
+            payload = bytes(range(256)) * (size // 256 + 1)
+            payload = payload[:size]
+            opcode = 2
+        if draw(st.booleans()):
+            cut = draw(st.integers(0, len(payload)))
+            frames.append((opcode, payload[:cut], False, False))
+            frames.append(draw(control_frames().filter(lambda f: f[0] != 8)))
+            frames.append((0, payload[cut:], True, False))
+        else:
+            frames.append((opcode, payload, True, False))
+        frames.extend(draw(streams()))
+    return frames
+
+
+@PROPERTY
+@given(
+    frames=st.one_of(large_streams(), streams()),
+    reads=st.lists(st.integers(1, 300_000), max_size=6),
+)
+def test_in_place_receive_gives_the_serialized_frames(
+    py_core: ModuleType, c_core: ModuleType, frames: list[FrameSpec], reads: list[int]
+) -> None:
+    data = serialize(frames)
+    for core in (py_core, c_core):
+        parsed = [f for result in buffered_outcomes(core, data, reads) for f in result]
+        assert parsed == frames, core.__name__
+        # And the same frames as plain feeding in the same splits.
+        assert buffered_outcomes(core, data, reads) == buffered_outcomes(py_core, data, reads)
+
+
+@PROPERTY
+@given(
+    frames=large_streams(),
+    flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(1, 255)), min_size=1, max_size=3),
+    reads=st.lists(st.integers(1, 300_000), max_size=6),
+)
+def test_in_place_receive_of_corrupted_streams_agrees(
+    py_core: ModuleType,
+    c_core: ModuleType,
+    frames: list[FrameSpec],
+    flips: list[tuple[int, int]],
+    reads: list[int],
+) -> None:
+    # A flipped byte inside a large text payload must fail at the same read in both cores (the
+    # UTF-8 check runs on each piece received in place: fail fast, Autobahn 6.4.x).
+    data = bytearray(serialize(frames))
+    for position, xor in flips:
+        data[position % len(data)] ^= xor
+    options = {"max_message_size": 150_000}
+    assert buffered_outcomes(py_core, bytes(data), reads, **options) == buffered_outcomes(
+        c_core, bytes(data), reads, **options
+    )
+
+
+def test_invalid_utf8_in_a_large_text_frame_fails_at_the_read_that_brings_it(
+    core: ModuleType,
+) -> None:
+    payload = bytearray(b"a" * 200_000)
+    payload[150_000] = 0xFF
+    data = server_frame(1, bytes(payload))
+    result = buffered_outcomes(core, data, [65536])
+    # Reads of 64 KiB: the header and 65,526 payload bytes, then 65,536 more (131,062 in all,
+    # still valid), then the read that holds byte 150,000.
+    assert result == [[], [], ("error", 1007)]
+
+
+def test_a_payload_received_in_place_is_immutable_once_delivered(core: ModuleType) -> None:
+    parser = core.FrameParser()
+    data = server_frame(2, bytes(range(256)) * 512)  # 128 KiB
+    assert parser.feed(data[:100]) == []
+    view = parser.payload_buffer()
+    assert view is not None and len(view) == len(data) - 100
+    view[:] = data[100:]
+    (frame,) = parser.payload_received(len(view))
+    assert type(frame.payload) is bytes and frame.payload == bytes(range(256)) * 512
+    assert parser.payload_buffer() is None  # back to headers: read into your own buffer
+    with pytest.raises(ValueError):
+        view[0] = 1  # released: nothing can write into the delivered payload
+    with pytest.raises(ValueError):
+        parser.payload_received(1)  # no view to match
+
+
+def test_a_payload_buffer_is_offered_only_for_large_frames(core: ModuleType) -> None:
+    parser = core.FrameParser()
+    assert parser.payload_buffer() is None
+    parser.feed(server_frame(2, bytes(65535))[:50])
+    assert parser.payload_buffer() is None  # 65,535 bytes: collected the usual way
+    parser.feed(server_frame(2, bytes(65535))[50:])
+    parser.feed(server_frame(2, bytes(65536))[:10])
+    view = parser.payload_buffer()
+    assert view is not None and len(view) == 65536
+
+
 @pytest.mark.parametrize("size", [125, 126, 65535, 65536])
 def test_boundary_sizes_split_everywhere_in_the_header(
     py_core: ModuleType, c_core: ModuleType, size: int

@@ -18,6 +18,7 @@ cdef int _ST_PAYLOAD
 
 cdef Py_ssize_t _MAX_HEADER
 cdef Py_ssize_t _MAX_CONTROL_PAYLOAD
+cdef long long _DIRECT_MIN
 
 cdef int _CLOSE_PROTOCOL_ERROR
 cdef int _CLOSE_INVALID_DATA
@@ -36,6 +37,7 @@ cdef object _pack_header_64
 cdef object _pack_close_code
 cdef object _utf8_decode
 cdef object _mask_with_header
+cdef object _payload_buffer
 
 
 @cython.locals(
@@ -90,6 +92,10 @@ cdef class FrameParser:
     cdef bint _check_text
     cdef long long _remaining
     cdef list _parts
+    cdef object _direct
+    cdef object _direct_view
+    cdef Py_ssize_t _filled
+    cdef object _lent
 
     cdef int _msg_opcode
     cdef bint _msg_rsv1
@@ -98,7 +104,17 @@ cdef class FrameParser:
     cdef Utf8Validator _validator
     cdef object _error
 
+    @cython.locals(take=Py_ssize_t)
     cpdef list feed(self, object data)
+
+    cpdef object payload_buffer(self)
+
+    cpdef list payload_received(self, Py_ssize_t nbytes)
+
+    cdef object _start_direct(self, long long size)
+
+    @cython.locals(start=Py_ssize_t, remaining="long long")
+    cdef void _received(self, Py_ssize_t nbytes, list frames) except *
 
     @cython.locals(
         n=Py_ssize_t,
@@ -110,6 +126,7 @@ cdef class FrameParser:
         head=bytes,
         piece=bytes,
         payload=bytes,
+        view=object,
     )
     cdef void _parse(self, bytes data, list frames) except *
 

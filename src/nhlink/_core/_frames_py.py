@@ -13,8 +13,10 @@ Invariants of :class:`FrameParser` (everything that affects its transitions live
 
 * Between calls to ``feed`` the parser is in one of two states. ``_ST_HEADER``: ``_tail`` holds
   the first bytes of an incomplete header (always fewer than ``_MAX_HEADER``). ``_ST_PAYLOAD``: a
-  header was accepted, ``_remaining`` payload bytes are still due and ``_parts`` holds the ones
-  received so far (each is a ``bytes`` the parser owns).
+  header was accepted and ``_remaining`` payload bytes are still due. A payload of under 64 KiB
+  collects in ``_parts`` (each a ``bytes`` the parser owns); a larger one is received in place:
+  ``_direct`` is the whole payload under construction, its first ``_filled`` bytes received,
+  and ``_parts`` stays empty. ``_direct`` is ``None`` in ``_ST_HEADER``.
 * A header is fully checked before any of its payload is kept: a peer cannot make the parser
   buffer a frame it will reject, or one larger than ``max_frame_size``.
 * ``_msg_opcode`` is the opcode of the fragmented data message in progress (``_NO_MESSAGE``
@@ -84,6 +86,8 @@ _ST_PAYLOAD = 1
 _MAX_HEADER = 10
 # RFC 6455 §5.5: "All control frames MUST have a payload length of 125 bytes or less".
 _MAX_CONTROL_PAYLOAD = 125
+# A frame with at least this many payload bytes still due is received in place (payload_buffer).
+_DIRECT_MIN = 64 * 1024
 
 _pack_header_7 = struct.Struct("!BB4s").pack
 _pack_header_16 = struct.Struct("!BBH4s").pack
@@ -102,8 +106,10 @@ _COMPILED = not isinstance(_compiled_probe, FunctionType)
 # Each twin masks with its own kernel, so the pure core loads no extension at all.
 if _COMPILED:
     from ._mask import mask_with_header as _mask_with_header
+    from ._mask import payload_buffer as _payload_buffer
 else:
     from ._mask_py import mask_with_header as _mask_with_header
+    from ._mask_py import payload_buffer as _payload_buffer
 
 
 # --- UTF-8 (RFC 3629), incremental and fail-fast -------------------------------------------------
@@ -413,8 +419,10 @@ class FrameParser:
     Feed the bytes read from the connection, in any split, to :meth:`feed`; it returns the frames
     completed so far, in order, and keeps only the incomplete rest (a partial header, or the
     pieces of a partial payload; nothing is re-copied as more arrives, so a large frame costs
-    linear time). Control frames are returned where they arrive, also between the fragments of a
-    message; reassembling messages and answering pings is the caller's job.
+    linear time). A transport that reads into buffers (``asyncio.BufferedProtocol``) can let a
+    large payload go straight from the socket into the frame: see :meth:`payload_buffer`.
+    Control frames are returned where they arrive, also between the fragments of a message;
+    reassembling messages and answering pings is the caller's job.
 
     Checked here, each raising ``FrameError`` with the close code the caller must send (§7.4.1):
     masking, reserved bits and opcodes, control frame rules, minimal length encoding and
@@ -429,8 +437,12 @@ class FrameParser:
     __slots__ = (
         "_allow_rsv1",
         "_check_text",
+        "_direct",
+        "_direct_view",
         "_error",
+        "_filled",
         "_fin",
+        "_lent",
         "_max_frame_size",
         "_max_message_size",
         "_msg_opcode",
@@ -468,6 +480,11 @@ class FrameParser:
         self._check_text = False  # its payload goes through the UTF-8 validator
         self._remaining = 0  # payload bytes still due
         self._parts: list[bytes] = []  # payload bytes received so far
+        # Or, once payload_buffer() was asked for: the payload, its first _filled bytes received.
+        self._direct: bytes | bytearray | None = None
+        self._direct_view: memoryview | None = None
+        self._filled = 0
+        self._lent: memoryview | None = None  # the view payload_buffer() returned last
         # The fragmented data message in progress (§5.4).
         self._msg_opcode = _NO_MESSAGE
         self._msg_rsv1 = False
@@ -497,12 +514,95 @@ class FrameParser:
             data = bytes(data)
         frames: list[Frame] = []
         try:
+            if self._direct is not None:
+                # Bytes fed while a payload is received in place go into it too.
+                view = self._direct_view
+                assert view is not None
+                take = len(data) if len(data) < self._remaining else self._remaining
+                view[self._filled : self._filled + take] = data[:take]
+                self._received(take, frames)
+                if take == len(data):
+                    return frames
+                data = data[take:]
             self._parse(data, frames)
         except FrameError as exc:
             self._error = exc
             exc.frames = frames
             raise
         return frames
+
+    def payload_buffer(self) -> memoryview | None:
+        """Where the next bytes should be read to when they belong to a large payload.
+
+        While a frame of at least 64 KiB is being received, returns a writable ``memoryview``
+        of exactly its payload bytes still due (the bytes of it that came with the header are
+        already in place): read from the socket into it (``recv_into``,
+        ``SSLObject.read(n, buffer)``), then report the count with :meth:`payload_received`.
+        Compiled, the view lies over the frame's final ``bytes``, so the payload is copied once,
+        from the kernel. Otherwise (a header is due, or a small payload) returns ``None``: read
+        into a buffer of your own and :meth:`feed` it. The view ends at the frame's last byte,
+        so it never receives the next frame's header. The header was checked against the limits
+        before the payload was allocated (``max_frame_size`` bounds it).
+        """
+        view = self._direct_view
+        if view is None or self._error is not None:
+            return None
+        lent = self._lent
+        if lent is not None:
+            lent.release()
+        lent = self._lent = view[self._filled :]
+        return lent
+
+    def payload_received(self, nbytes: int) -> list[Frame]:
+        """Account for ``nbytes`` read into the view :meth:`payload_buffer` returned; return the
+        frame they complete (a list of at most one). Raises ``FrameError`` as :meth:`feed` does
+        (text is validated as it arrives, to fail fast)."""
+        error = self._error
+        if error is not None:
+            raise FrameError(f"parser failed earlier: {error}", error.close_code)
+        if self._direct is None or not 0 <= nbytes <= self._remaining:
+            raise ValueError("payload_received() without a payload_buffer() to match")
+        frames: list[Frame] = []
+        try:
+            self._received(nbytes, frames)
+        except FrameError as exc:
+            self._error = exc
+            exc.frames = frames
+            raise
+        return frames
+
+    def _start_direct(self, size: int) -> memoryview:
+        direct, view = _payload_buffer(size)
+        self._direct = direct
+        self._direct_view = view
+        self._filled = 0
+        return view
+
+    def _received(self, nbytes: int, frames: list[Frame]) -> None:
+        view = self._direct_view
+        assert view is not None
+        lent = self._lent
+        if lent is not None:
+            # The caller has read into it: from here on it can write nothing more.
+            self._lent = None
+            lent.release()
+        start = self._filled
+        self._filled = start + nbytes
+        remaining = self._remaining - nbytes
+        self._remaining = remaining
+        if self._check_text and (nbytes or not remaining):
+            self._validator.feed(view[start : start + nbytes], remaining == 0 and self._fin)
+        if remaining:
+            return
+        direct = self._direct
+        assert direct is not None
+        view.release()  # no write can reach the payload from here on
+        self._direct = None
+        self._direct_view = None
+        self._filled = 0
+        self._state = _ST_HEADER
+        payload = direct if type(direct) is bytes else bytes(direct)
+        frames.append(self._complete(payload))
 
     def _parse(self, data: bytes, frames: list[Frame]) -> None:
         n = len(data)
@@ -529,6 +629,13 @@ class FrameParser:
             remaining = self._remaining
             avail = n - pos
             if remaining > avail:
+                if remaining >= _DIRECT_MIN:
+                    # A large payload: from here on it is received in place (payload_buffer).
+                    view = self._start_direct(remaining)
+                    if avail:
+                        view[0:avail] = memoryview(data)[pos:n]
+                    self._received(avail, frames)
+                    return
                 # The frame continues in a later read. Keep this piece (the chunk itself when it
                 # is all payload: no copy) and check text now, to fail fast (Autobahn 6.4.3).
                 if avail:

@@ -9,9 +9,12 @@ kernel needs raw buffers and unaligned 64-bit loads.
 
 Contract: functions never keep a reference to their arguments. ``apply_mask`` and
 ``mask_with_header`` return a new ``bytes``; ``mask_inplace`` mutates the caller's buffer.
+
+Also here, because it is the other place that needs raw buffers: :func:`payload_buffer`, the
+destination the frame parser receives a large payload into (see ``FrameParser.payload_buffer``).
 """
 
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_FillInfo, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint64_t
@@ -235,3 +238,40 @@ def mask_with_header(bytes header not None, object data, object key):
     finally:
         if kacquired:
             PyBuffer_Release(&kview)
+
+
+# -- payload destinations -------------------------------------------------------------------------
+
+
+cdef class _Filling:
+    """A ``bytes`` object under construction, exported as a writable buffer.
+
+    CPython itself builds ``bytes`` this way (``PyBytes_FromStringAndSize(NULL, n)``, then fill):
+    a new object nobody else has seen yet, whose hash is not computed before it is handed out.
+    Views of this exporter keep it, and so the ``bytes``, alive: no view can outlive the memory.
+    """
+
+    cdef bytes data
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        PyBuffer_FillInfo(
+            view, self, PyBytes_AS_STRING(self.data), PyBytes_GET_SIZE(self.data), 0, flags
+        )
+
+    def __releasebuffer__(self, Py_buffer *view):
+        pass
+
+
+def payload_buffer(Py_ssize_t n):
+    """Return ``(owner, view)``: ``owner`` becomes the payload, ``view`` is a writable
+    ``memoryview`` of its ``n`` bytes to receive into (``recv_into``, ``SSLObject.read``).
+
+    Compiled, ``owner`` is a new ``bytes`` written in place through ``view``: the socket's bytes
+    land in the final payload, copied once. Its contents are undefined until every byte has been
+    written, and ``view`` must be released (``view.release()``) before ``owner`` is handed out.
+    """
+    if n < 0:
+        raise ValueError("payload size must be >= 0")
+    cdef _Filling filling = _Filling.__new__(_Filling)
+    filling.data = PyBytes_FromStringAndSize(NULL, n)
+    return filling.data, memoryview(filling)

@@ -7,13 +7,16 @@ fallbacks). Native byte order, because the order only has to agree between the t
 
 Contract: functions never keep a reference to their arguments. ``apply_mask`` and
 ``mask_with_header`` return a new ``bytes``; ``mask_inplace`` mutates the caller's buffer.
+
+Also here, as in the compiled twin: :func:`payload_buffer`, the destination the frame parser
+receives a large payload into.
 """
 
 from __future__ import annotations
 
 import sys
 
-__all__ = ["apply_mask", "mask_inplace", "mask_with_header"]
+__all__ = ["apply_mask", "mask_inplace", "mask_with_header", "payload_buffer"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -76,3 +79,17 @@ def mask_with_header(header: bytes, data: Buffer, key: Buffer) -> bytes:
     masked payload (RFC 6455 §5.2). ``key`` must be exactly 4 bytes (else ``ValueError``).
     """
     return header + _xor(data, _rotated_key(key, 0))
+
+
+def payload_buffer(n: int) -> tuple[bytes | bytearray, memoryview]:
+    """Return ``(owner, view)``: ``owner`` becomes the payload (``bytes(owner)`` when it is not
+    already ``bytes``), ``view`` is a writable ``memoryview`` of its ``n`` bytes to receive into.
+
+    Pure Python cannot write into a ``bytes``: ``owner`` is a ``bytearray``, and making the payload
+    costs one copy (the compiled twin receives into the final ``bytes``). Release ``view`` before
+    using ``owner``.
+    """
+    if n < 0:
+        raise ValueError("payload size must be >= 0")
+    owner = bytearray(n)
+    return owner, memoryview(owner)

@@ -443,23 +443,52 @@ class ClientConnection:
             return []  # RFC 6455 §5.5.1: nothing after the peer's close frame is processed
         return self._receive_frames(data)
 
+    def receive_buffer(self) -> memoryview | None:
+        """A writable view to read the next bytes into, when they are the rest of a large payload
+        (see ``FrameParser.payload_buffer``); report them with :meth:`receive_payload`. ``None``
+        otherwise: read into a buffer of your own and pass it to :meth:`receive_data`."""
+        parser = self._parser
+        if (
+            parser is None
+            or self._state == CLOSED
+            or self.close_received
+            or self.failure is not None
+            or self._deferred_failure is not None
+        ):
+            return None
+        return parser.payload_buffer()
+
+    def receive_payload(self, nbytes: int) -> list[Message]:
+        """Process ``nbytes`` read into the view :meth:`receive_buffer` returned; as
+        :meth:`receive_data`, returns the data messages they complete."""
+        parser = self._parser
+        assert parser is not None
+        try:
+            frames = parser.payload_received(nbytes)
+        except FrameError as exc:
+            return self._parse_failed(exc)
+        return self._process_frames(frames)
+
     def _receive_frames(self, data: bytes) -> list[Message]:
         parser = self._parser
         assert parser is not None
         try:
             frames = parser.feed(data)
         except FrameError as exc:
-            # Deliver the good messages before the bad frame, then fail the connection
-            # (§7.1.7). When there are some, the failure waits for fail_deferred(): the caller
-            # lets the application see (and answer) them first.
-            messages = self._process_frames(exc.frames) if exc.frames else []
-            if self.failure is None and not self.close_received:
-                if messages:
-                    self._deferred_failure = exc
-                else:
-                    self._fail(exc)
-            return messages
+            return self._parse_failed(exc)
         return self._process_frames(frames)
+
+    def _parse_failed(self, exc: FrameError) -> list[Message]:
+        # Deliver the good messages before the bad frame, then fail the connection (§7.1.7).
+        # When there are some, the failure waits for fail_deferred(): the caller lets the
+        # application see (and answer) them first.
+        messages = self._process_frames(exc.frames) if exc.frames else []
+        if self.failure is None and not self.close_received:
+            if messages:
+                self._deferred_failure = exc
+            else:
+                self._fail(exc)
+        return messages
 
     def _process_frames(self, frames: list[_core.Frame]) -> list[Message]:
         messages: list[Message] = []

@@ -7,9 +7,12 @@ Usable on its own::
         async for message in ws:      # str for text, bytes for binary
             ...
 
-This module only moves bytes: an :class:`asyncio.Protocol` feeds the connection object and writes
-what it produces. Backpressure both ways: reading pauses while more than ``read_limit`` bytes of
-messages wait for the application, and sends wait while the transport's write buffer is full.
+This module only moves bytes: an :class:`asyncio.BufferedProtocol` feeds the connection object and
+writes what it produces. Reads go into one buffer shared by every connection of the event loop
+(a connection keeps none of its own while idle), except the rest of a large frame, which the
+socket writes straight into the frame's payload (``ClientConnection.receive_buffer``).
+Backpressure both ways: reading pauses while more than ``read_limit`` bytes of messages wait for
+the application, and sends wait while the transport's write buffer is full.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import os
 import socket
 import ssl as ssl_module
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Generator, Iterable, Mapping
 from types import TracebackType
@@ -62,18 +66,50 @@ class _MaskKeys:
         return self._buf[pos : pos + 4]
 
 
-class _Protocol(asyncio.Protocol):
+# asyncio's own read size (selector transports read up to 256 KiB at a time).
+_READ_SIZE = 256 * 1024
+_read_buffers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, memoryview] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _read_buffer(loop: asyncio.AbstractEventLoop) -> memoryview:
+    """The loop's read buffer. One per loop is enough: a transport calls ``get_buffer``, reads,
+    then ``buffer_updated`` in one go, and ``buffer_updated`` copies what it needs out at once."""
+    view = _read_buffers.get(loop)
+    if view is None:
+        view = _read_buffers[loop] = memoryview(bytearray(_READ_SIZE))
+    return view
+
+
+class _Protocol(asyncio.BufferedProtocol):
     """Glue between the event loop and one :class:`WebSocket`."""
+
+    __slots__ = ("_buffer", "_direct", "_receive_buffer", "ws")
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
+        self._buffer = _read_buffer(ws._loop)
+        self._receive_buffer = ws._conn.receive_buffer
+        self._direct = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.ws._connection_made(transport)
 
-    def data_received(self, data: bytes) -> None:
-        self.ws._data_received(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        view = self._receive_buffer()
+        if view is None:
+            self._direct = False
+            return self._buffer
+        self._direct = True  # the rest of a large payload: read straight into it
+        return view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._direct:
+            self.ws._payload_received(nbytes)
+        else:
+            self.ws._data_received(self._buffer[:nbytes].tobytes())
 
     def eof_received(self) -> bool:
         self.ws._eof_received()
@@ -167,6 +203,13 @@ class WebSocket:
             return
         if not self._opened.done() and conn.state != CONNECTING:
             self._opened.set_result(None)
+        self._received(messages)
+
+    def _payload_received(self, nbytes: int) -> None:
+        self._received(self._conn.receive_payload(nbytes))
+
+    def _received(self, messages: list[Message]) -> None:
+        conn = self._conn
         if messages:
             queue = self._messages
             if len(messages) == 1:

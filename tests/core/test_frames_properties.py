@@ -389,6 +389,10 @@ def test_a_payload_buffer_is_offered_only_for_large_frames(core: ModuleType) -> 
     parser.feed(server_frame(2, bytes(65536))[:10])
     view = parser.payload_buffer()
     assert view is not None and len(view) == 65536
+    # Above 16 MiB a header alone must not make the parser allocate the payload: parts again.
+    parser = core.FrameParser(max_frame_size=1 << 40, max_message_size=1 << 40)
+    assert parser.feed(server_frame(2, b"", length=(16 << 20) + 1)) == []
+    assert parser.payload_buffer() is None
 
 
 @pytest.mark.parametrize("size", [125, 126, 65535, 65536])

@@ -19,6 +19,7 @@ cdef int _ST_PAYLOAD
 cdef Py_ssize_t _MAX_HEADER
 cdef Py_ssize_t _MAX_CONTROL_PAYLOAD
 cdef long long _DIRECT_MIN
+cdef long long _DIRECT_MAX
 
 cdef int _CLOSE_PROTOCOL_ERROR
 cdef int _CLOSE_INVALID_DATA

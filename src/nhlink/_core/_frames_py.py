@@ -14,9 +14,9 @@ Invariants of :class:`FrameParser` (everything that affects its transitions live
 * Between calls to ``feed`` the parser is in one of two states. ``_ST_HEADER``: ``_tail`` holds
   the first bytes of an incomplete header (always fewer than ``_MAX_HEADER``). ``_ST_PAYLOAD``: a
   header was accepted and ``_remaining`` payload bytes are still due. A payload of under 64 KiB
-  collects in ``_parts`` (each a ``bytes`` the parser owns); a larger one is received in place:
-  ``_direct`` is the whole payload under construction, its first ``_filled`` bytes received,
-  and ``_parts`` stays empty. ``_direct`` is ``None`` in ``_ST_HEADER``.
+  (or over 16 MiB) collects in ``_parts`` (each a ``bytes`` the parser owns); any other is
+  received in place: ``_direct`` is the whole payload under construction, its first ``_filled``
+  bytes received, and ``_parts`` stays empty. ``_direct`` is ``None`` in ``_ST_HEADER``.
 * A header is fully checked before any of its payload is kept: a peer cannot make the parser
   buffer a frame it will reject, or one larger than ``max_frame_size``.
 * ``_msg_opcode`` is the opcode of the fragmented data message in progress (``_NO_MESSAGE``
@@ -86,8 +86,12 @@ _ST_PAYLOAD = 1
 _MAX_HEADER = 10
 # RFC 6455 §5.5: "All control frames MUST have a payload length of 125 bytes or less".
 _MAX_CONTROL_PAYLOAD = 125
-# A frame with at least this many payload bytes still due is received in place (payload_buffer).
+# A frame with at least _DIRECT_MIN payload bytes still due is received in place (payload_buffer),
+# unless it is larger than _DIRECT_MAX: the whole payload is allocated when its header arrives,
+# and a header alone must not make the parser allocate more than that (a larger frame, allowed by
+# a raised max_frame_size, collects in parts as its bytes arrive).
 _DIRECT_MIN = 64 * 1024
+_DIRECT_MAX = 16 * 1024 * 1024
 
 _pack_header_7 = struct.Struct("!BB4s").pack
 _pack_header_16 = struct.Struct("!BBH4s").pack
@@ -534,7 +538,7 @@ class FrameParser:
     def payload_buffer(self) -> memoryview | None:
         """Where the next bytes should be read to when they belong to a large payload.
 
-        While a frame of at least 64 KiB is being received, returns a writable ``memoryview``
+        While a frame of 64 KiB to 16 MiB is being received, returns a writable ``memoryview``
         of exactly its payload bytes still due (the bytes of it that came with the header are
         already in place): read from the socket into it (``recv_into``,
         ``SSLObject.read(n, buffer)``), then report the count with :meth:`payload_received`.
@@ -629,7 +633,7 @@ class FrameParser:
             remaining = self._remaining
             avail = n - pos
             if remaining > avail:
-                if remaining >= _DIRECT_MIN:
+                if _DIRECT_MIN <= remaining <= _DIRECT_MAX:
                     # A large payload: from here on it is received in place (payload_buffer).
                     view = self._start_direct(remaining)
                     if avail:

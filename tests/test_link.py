@@ -458,3 +458,59 @@ async def test_secret_never_logged_while_connecting(
     text = caplog.text + repr(good.status) + repr(bad.status)
     assert "gw-bad" in text or "401" in text  # the attempts were logged...
     assert SECRET not in text and SECRET[6:] not in text  # ...without the secrets
+
+
+async def test_links_share_an_ssl_context_and_a_connect_gate(tmp_path: Path) -> None:
+    """Many links in one process (a gateway, nhlink fleet): one verifying TLS context for all,
+    every connection attempt through one gate, every status change to a listener."""
+    import ssl
+
+    from nhlink.transport import client_ssl_context
+
+    pki = create_pki(tmp_path)
+    shared = client_ssl_context(cafile=pki.ca.cert)
+    gate_calls: list[str] = []
+    states: dict[int, list[LinkState]] = {0: [], 1: [], 2: []}
+
+    def listener(i: int) -> Callable[[nhlink.LinkStatus], None]:
+        def heard(status: nhlink.LinkStatus) -> None:
+            if not states[i] or states[i][-1] is not status.state:  # every change, not every call
+                states[i].append(status.state)
+
+        return heard
+
+    async def gate() -> None:
+        gate_calls.append("attempt")
+
+    async with FakeHub(tls=pki.server_context(mtls=False), shared_secrets={KEY: SECRET}) as hub:
+        links = [
+            NervesHubLink(
+                **device_options(hub, f"gw-{i}", ssl=True),
+                ssl_context=shared,
+                connect_gate=gate,
+                status_listener=listener(i),
+            )
+            for i in range(3)
+        ]
+        for link in links:
+            await link.start()
+        for link in links:
+            await link.wait_joined(10)
+            assert link._ssl_context is shared
+        for link in links:
+            await link.stop()
+    assert gate_calls == ["attempt"] * 3
+    expected = [LinkState.CONNECTING, LinkState.CONNECTED, LinkState.JOINED, LinkState.STOPPED]
+    assert list(states.values()) == [expected] * 3
+    # A context that would not verify the hub is refused (unless said so explicitly).
+    lax = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    lax.check_hostname = False
+    lax.verify_mode = ssl.CERT_NONE
+    with pytest.raises(ConfigError, match="ssl_context"):
+        NervesHubLink(**device_options(1, "gw-x", ssl=True), ssl_context=lax)
+    with pytest.raises(ConfigError, match="ssl_context"):
+        NervesHubLink(**device_options(1, "gw-x", ssl=False), ssl_context=shared)
+    NervesHubLink(
+        **device_options(1, "gw-x", ssl=True, dangerously_disable_verification=True),
+        ssl_context=lax,
+    )

@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         "what", choices=["example", "unit"], help="example: nhlink.toml; unit: nhlink.service"
     )
 
+    fleet = sub.add_parser(
+        "fleet",
+        help="simulate many devices against a hub (load test); 'nhlink fleet --help'",
+        add_help=False,
+    )
+    fleet.add_argument("args", nargs=argparse.REMAINDER)
+
     demo = sub.add_parser("demo", help="a whole OTA update against the built-in test server")
     demo.add_argument("--size", type=int, default=16, metavar="MIB", help="image size (MiB)")
     demo.add_argument("--workdir", help="where to put the image and state (default: a temp dir)")
@@ -132,6 +139,13 @@ def data_file(name: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fleet"]:
+        # Its own command line (and sub-commands), handed over whole: argparse's REMAINDER
+        # does not take options that come first.
+        from .fleet.cli import main as fleet_main
+
+        return fleet_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version or args.command is None:

@@ -117,6 +117,14 @@ class NervesHubLink:
     ``clock`` (Unix time, default :func:`time.time`) and ``rand`` (uniform in [0, 1), default
     :func:`random.random`) exist for tests and simulations.
 
+    For many links in one process (a gateway fronting many devices, ``nhlink fleet``):
+    ``ssl_context`` shares one verifying :class:`ssl.SSLContext` between links instead of one per
+    link (it must verify the hub: ``CERT_REQUIRED`` and ``check_hostname``, unless
+    ``dangerously_disable_verification``); ``connect_gate`` is awaited before every connection
+    attempt (e.g. :class:`nhlink.protocol.backoff.Pacer`, so that 10,000 links reconnecting
+    after a hub restart do not stampede); ``status_listener`` is called with every new
+    :class:`LinkStatus`.
+
     Reliability rules (PROTOCOL.md §4.4, §12): a join the server does not answer within
     ``join_timeout`` closes the socket; the reconnect backoff resets only after a connection
     stayed joined for ``backoff_reset_after`` seconds (two processes with one identity evicting
@@ -134,6 +142,9 @@ class NervesHubLink:
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         download_options: DownloadOptions | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        connect_gate: Callable[[], Awaitable[None]] | None = None,
+        status_listener: Callable[[LinkStatus], None] | None = None,
         **options: Any,
     ) -> None:
         if fwup_writer is not None and firmware_writer is not None:
@@ -159,7 +170,18 @@ class NervesHubLink:
             if self.config.auth_mode == "shared_secret"
             else None
         )
-        self._ssl_context = (
+        if ssl_context is not None:
+            if not self.config.ssl:
+                raise ConfigError("ssl_context", "given for a plain ws:// link (ssl=False)")
+            if not self.config.dangerously_disable_verification and (
+                ssl_context.verify_mode != ssl.CERT_REQUIRED or not ssl_context.check_hostname
+            ):
+                raise ConfigError(
+                    "ssl_context",
+                    "must verify the hub (CERT_REQUIRED and check_hostname); "
+                    "dangerously_disable_verification=True says otherwise explicitly",
+                )
+        self._ssl_context = ssl_context or (
             client_ssl_context(
                 cafile=self.config.ca_file,
                 certfile=self.config.device_cert,
@@ -201,6 +223,9 @@ class NervesHubLink:
             jitter=self.config.backoff_jitter,
         )
         self._status = LinkStatus()
+        self._connect_gate = connect_gate
+        #: called with every new status (state changes, attempts, errors); must not block
+        self.status_listener = status_listener
         self._ws: WebSocket | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -464,6 +489,11 @@ class NervesHubLink:
     def _set_status(self, **changes: Any) -> None:
         self._status = replace(self._status, **changes)
         status = self._status
+        if self.status_listener is not None:
+            try:
+                self.status_listener(status)
+            except Exception:
+                logger.exception("%s: status_listener failed", self.name)
         for predicate, fut in list(self._waiters):
             if not fut.done():
                 try:
@@ -556,6 +586,8 @@ class NervesHubLink:
         return ws
 
     async def _connect_and_serve(self) -> None:
+        if self._connect_gate is not None:
+            await self._connect_gate()
         self._set_status(
             state=LinkState.CONNECTING,
             connect_attempts=self._status.connect_attempts + 1,

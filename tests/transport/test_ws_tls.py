@@ -186,3 +186,28 @@ async def test_large_messages_are_received_in_place_over_tls(
         server.close()  # type: ignore[attr-defined]
     # Most of the large payloads' bytes went in place (only what came with a header did not).
     assert sum(in_place) > (2 * len(big) + 300_000) // 2
+
+
+@pytest.mark.parametrize("read_size", [16 * 1024, 0], ids=["lean", "asyncio"])
+async def test_tls_read_buffer_is_small_and_verification_unchanged(
+    pki: PKI, tls_url: str, read_size: int
+) -> None:
+    # asyncio's TLS keeps a 256 KiB zero-filled read buffer per connection; nhlink's default is
+    # one TLS record. Verification is the same context's, whichever buffer.
+    async with connect(
+        tls_url, ssl=client_ssl_context(cafile=pki.ca.cert), tls_read_size=read_size
+    ) as ws:
+        assert await ws.recv() == "cn="
+        transport = ws._transport
+        assert transport is not None
+        tls = transport._ssl_protocol  # type: ignore[attr-defined]
+        expected = read_size or 256 * 1024
+        assert len(tls._ssl_buffer) == expected
+        await ws.send_text("x" * 100_000)
+        assert await ws.recv() == "x" * 100_000
+    with pytest.raises(TLSVerificationError, match="did not verify"):
+        await connect(
+            tls_url, ssl=client_ssl_context(cafile=pki.untrusted_ca.cert), tls_read_size=read_size
+        )
+    with pytest.raises(ConfigError, match="tls_read_size"):
+        connect(tls_url, tls_read_size=100)

@@ -77,6 +77,28 @@ def _salt(key: str, signed_at: int) -> bytes:
     ).encode()
 
 
+# The PBKDF2 key depends on the product key, the secret and the second signed at, not on the
+# device: every device of a product that signs in the same second derives the same key. Keep the
+# last few (a fleet of 10,000 devices joining at 1,000/s derives one per second, not 1,000). Safe:
+# the entries are only as sensitive as the secret this process already holds, each is good for
+# one second of signing, and they stay in this process.
+_DERIVED: dict[tuple[str, str, int], bytes] = {}
+_DERIVED_MAX = 8
+
+
+def _derived_key(key: str, secret: str, signed_at: int) -> bytes:
+    cache_key = (key, secret, signed_at)
+    derived = _DERIVED.get(cache_key)
+    if derived is None:
+        derived = hashlib.pbkdf2_hmac(
+            "sha256", secret.encode("ascii"), _salt(key, signed_at), _ITERATIONS, _KEY_LENGTH
+        )
+        if len(_DERIVED) >= _DERIVED_MAX:
+            del _DERIVED[next(iter(_DERIVED))]  # the oldest
+        _DERIVED[cache_key] = derived
+    return derived
+
+
 def sign(key: str, secret: str, identifier: str, signed_at: int) -> dict[str, str]:
     """The four ``x-nh-*`` headers for one connection attempt, signed at Unix second ``signed_at``.
 
@@ -85,9 +107,7 @@ def sign(key: str, secret: str, identifier: str, signed_at: int) -> dict[str, st
     """
     if signed_at < 0:
         raise ValueError("signed_at must be a non-negative Unix time")
-    derived = hashlib.pbkdf2_hmac(
-        "sha256", secret.encode("ascii"), _salt(key, signed_at), _ITERATIONS, _KEY_LENGTH
-    )
+    derived = _derived_key(key, secret, signed_at)
     message = _PROTECTED_HS256 + "." + _b64url(encode_term(identifier, signed_at * 1000))
     mac = hmac.new(derived, message.encode("ascii"), hashlib.sha256).digest()
     return {

@@ -1,13 +1,18 @@
-"""Reconnect delays: exponential with random jitter (PROTOCOL.md §12). Sans-I/O: the random
-number comes in, so schedules are reproducible in tests."""
+"""Reconnect delays: exponential with random jitter (PROTOCOL.md §12), and a pacer that caps the
+rate of connection attempts of many links in one process. The schedules are sans-I/O (the random
+number and the time come in), so they are reproducible in tests."""
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "Pacer"]
 
 
 @dataclass
@@ -49,3 +54,55 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+class Pacer:
+    """At most ``rate`` connection attempts per second among all who await it, ``burst`` at once.
+
+    Pass one pacer as ``connect_gate`` to every :class:`~nhlink.NervesHubLink` of a process:
+    when a hub restart drops 10,000 links, their jittered backoff spreads the retries and the
+    pacer caps what still coincides, so the hub sees a ramp instead of a stampede. A generic
+    cell rate algorithm (no timer, no task): each caller gets the next free slot, in the order
+    of calling, plus up to ``jitter`` of one slot's length at random, so that paced attempts are
+    not spaced exactly evenly either.
+    """
+
+    __slots__ = ("_clock", "_interval", "_jitter", "_rand", "_tat", "_tolerance", "rate")
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        burst: int = 1,
+        jitter: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        if not rate > 0:
+            raise ConfigError("rate", "must be > 0 attempts per second")
+        if burst < 1:
+            raise ConfigError("burst", "must be >= 1")
+        if not 0 <= jitter <= 1:
+            raise ConfigError("jitter", "must be within [0, 1]")
+        self.rate = rate
+        self._interval = 1.0 / rate
+        self._tolerance = (burst - 1) * self._interval
+        self._jitter = jitter
+        self._clock = clock
+        self._rand = rand
+        self._tat = -float("inf")  # theoretical arrival time of the next attempt
+
+    def reserve(self) -> float:
+        """Take the next slot; return the seconds to wait for it (0 when one is free now)."""
+        now = self._clock()
+        tat = max(self._tat, now)
+        self._tat = tat + self._interval
+        start = max(tat - self._tolerance, now)
+        if start > now and self._jitter:
+            start += self._jitter * self._rand() * self._interval
+        return start - now
+
+    async def __call__(self) -> None:
+        delay = self.reserve()
+        if delay > 0:
+            await asyncio.sleep(delay)

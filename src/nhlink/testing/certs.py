@@ -20,6 +20,7 @@ import datetime
 import ipaddress
 import os
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ __all__ = [
     "CertPair",
     "client_ssl_context",
     "create_pki",
+    "issue_device_certs",
     "server_ssl_context",
 ]
 
@@ -262,6 +264,38 @@ def issue_device_cert(pki: PKI, identifier: str, *, trusted: bool = True) -> Cer
             (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False),
         ],
     )
+
+
+def issue_device_certs(ca: CertPair, directory: Path, identifiers: Sequence[str]) -> int:
+    """Sign one device certificate per identifier with ``ca`` (loaded once): writes
+    ``<identifier>.crt`` and ``<identifier>.key`` (0600) into ``directory`` (``nhlink fleet
+    make-certs``). Returns how many were written."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    issuer_cert, issuer_key = _load(ca)
+    ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    usage = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+    directory.mkdir(parents=True, exist_ok=True)
+    for identifier in identifiers:
+        if not identifier or "/" in identifier or identifier.startswith("."):
+            raise ValueError(f"not usable as a file name: {identifier!r}")
+        key = _new_key()
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identifier)])
+        cert = (
+            _builder(subject, issuer_cert.subject, key.public_key(), 365)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(aki, critical=False)
+            .add_extension(_key_usage(), critical=True)
+            .add_extension(usage, critical=False)
+            .sign(issuer_key, hashes.SHA256())
+        )
+        _write(
+            CertPair(directory / f"{identifier}.crt", directory / f"{identifier}.key"), cert, key
+        )
+    return len(identifiers)
 
 
 def server_ssl_context(pki: PKI, *, mtls: bool = True, tls13: bool = False) -> ssl.SSLContext:

@@ -20,6 +20,7 @@ import contextlib
 import inspect
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -91,7 +92,8 @@ class CallbackQueue:
     def __init__(self, name: str, timeout: float | None) -> None:
         self.name = name
         self.timeout = timeout
-        self._queue: asyncio.Queue[tuple[str, Callable[..., Any], tuple[Any, ...]]] | None = None
+        # A plain deque, made when needed: an idle link holds neither it nor a task.
+        self._queue: deque[tuple[str, Callable[..., Any], tuple[Any, ...]]] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def put(self, name: str, fn: Callable[..., Any] | None, *args: Any) -> None:
@@ -99,16 +101,24 @@ class CallbackQueue:
         if fn is None:
             return
         if self._queue is None:
-            self._queue = asyncio.Queue()
-        self._queue.put_nowait((name, fn, args))
+            self._queue = deque()
+        self._queue.append((name, fn, args))
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name=f"nhlink:{self.name}:callbacks")
+            task = asyncio.create_task(self._run(), name=f"nhlink:{self.name}:callbacks")
+            self._task = task
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        if self._task is task:
+            self._task = None
 
     async def _run(self) -> None:
-        assert self._queue is not None
-        while not self._queue.empty():
-            name, fn, args = self._queue.get_nowait()
+        queue = self._queue
+        assert queue is not None
+        while queue:
+            name, fn, args = queue.popleft()
             await call_callback(name, fn, *args, timeout=self.timeout)
+        self._queue = None  # nothing was added since the check above (no await in between)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait (at most ``timeout`` s) until every queued callback has run; then cancel."""

@@ -107,7 +107,7 @@ def certificate_common_name(path: Path) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LinkConfig:
     """Everything a :class:`~nhlink.NervesHubLink` needs, validated. Build with :meth:`build`."""
 

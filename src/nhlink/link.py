@@ -78,7 +78,7 @@ class LinkState(enum.Enum):
     WAITING = "waiting"  # backing off before the next attempt
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LinkStatus:
     """A snapshot of the connection, for health checks and tests."""
 
@@ -99,9 +99,99 @@ class LinkStatus:
         return self.state is LinkState.JOINED
 
 
+class _Wake:
+    """``asyncio.Event`` for one waiter, without the deque an Event keeps (760 B per link)."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+
 async def _close_soon(ws: WebSocket, reason: str, timeout: float = 1.0) -> None:
     with contextlib.suppress(TimeoutError, NHLinkError, OSError):
         await asyncio.wait_for(ws.close(1000, reason), timeout)  # aborts TCP when cancelled
+
+
+# The device channel's pushes (PROTOCOL.md §6.4) and the methods that handle them.
+_DEVICE_PUSHES: dict[str, str] = {
+    wire.EVENT_REBOOT: "_on_reboot",
+    wire.EVENT_IDENTIFY: "_on_identify",
+    wire.EVENT_UPDATE: "_on_update",
+    wire.EVENT_EXTENSIONS_GET: "_on_extensions_get",
+    wire.EVENT_SCRIPTS_RUN: "_on_scripts_run",
+}
+
+
+class _Heartbeat:
+    """The Phoenix heartbeat of one socket (PROTOCOL.md §4.3), on a timer of the event loop.
+
+    Every ``heartbeat_interval``: fail the socket if the previous heartbeat was not answered
+    (``HeartbeatTimeout``), else send the next one. A heartbeat is a few dozen bytes and is
+    written without waiting for the write buffer to drain.
+    """
+
+    __slots__ = ("_handle", "_link", "_ws")
+
+    def __init__(self, link: NervesHubLink, ws: WebSocket) -> None:
+        self._link = link
+        self._ws = ws
+        self._handle: asyncio.TimerHandle | None = None
+        self._schedule()
+
+    def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_later(self._link.config.heartbeat_interval, self._beat)
+
+    def _beat(self) -> None:
+        self._handle = None
+        link = self._link
+        try:
+            frame = link.session.heartbeat()
+        except HeartbeatTimeout as exc:
+            link._drop(self._ws, exc)
+            return
+        try:
+            self._ws.send_text_nowait(frame)
+        except ConnectionClosed:
+            return
+        self._schedule()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+class _TopicHandlers:
+    """What a component registered for one topic with :meth:`NervesHubLink.on_topic`."""
+
+    __slots__ = ("closed", "join_refused", "joined", "push")
+
+    def __init__(self, push: Callable[[Push], Awaitable[None]]) -> None:
+        self.push = push
+        self.closed: Callable[[ChannelClosed], Awaitable[None]] | None = None
+        self.joined: Callable[[Joined], Awaitable[None]] | None = None
+        self.join_refused: Callable[[JoinRefused], Awaitable[None]] | None = None
 
 
 class NervesHubLink:
@@ -132,6 +222,9 @@ class NervesHubLink:
     (``callback_timeout``) and the connection callbacks off the connection's critical path.
     """
 
+    #: seconds a reply handler of ``send(on_reply=...)`` waits before it is forgotten
+    reply_timeout: float = REPLY_TIMEOUT
+
     def __init__(
         self,
         *,
@@ -156,7 +249,6 @@ class NervesHubLink:
             self.writer: FwupWriter | None = as_writer(writer) if writer is not None else None
         except TypeError as exc:
             raise ConfigError("fwup_writer", str(exc)) from None
-        self.extensions_config: dict[str, Any] = dict(extensions or {})
         self._clock = clock
         self._rand = rand
         state_dir = self.config.state_dir
@@ -228,33 +320,21 @@ class NervesHubLink:
         self.status_listener = status_listener
         self._ws: WebSocket | None = None
         self._task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
+        self._wake: _Wake | None = None
         self._reconnect_now = False
         self._stopping = False
         self._waiters: list[tuple[Callable[[LinkStatus], bool], asyncio.Future[LinkStatus]]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._push_handlers: dict[str, Callable[[Any], Awaitable[None]]] = {
-            wire.EVENT_REBOOT: self._on_reboot,
-            wire.EVENT_IDENTIFY: self._on_identify,
-            wire.EVENT_UPDATE: self._on_update,
-            wire.EVENT_EXTENSIONS_GET: self._on_extensions_get,
-            wire.EVENT_SCRIPTS_RUN: self._on_scripts_run,
-        }
         self._callbacks = CallbackQueue(self.config.name, self.config.callback_timeout)
-        #: seconds a reply handler of ``send(on_reply=...)`` waits before it is forgotten
-        self.reply_timeout = REPLY_TIMEOUT
         self._abort_reason: NHLinkError | None = None  # why this side dropped the socket
         self._validated_sent = False  # firmware_validated told to the server on this join
         self._reply_handlers: dict[str, Callable[[Reply], Awaitable[None]]] = {}
-        self._topic_handlers: dict[str, Callable[[Push], Awaitable[None]]] = {}
-        self._channel_closed_handlers: dict[str, Callable[[ChannelClosed], Awaitable[None]]] = {}
-        self._joined_handlers: dict[str, Callable[[Joined], Awaitable[None]]] = {}
-        self._join_refused_handlers: dict[str, Callable[[JoinRefused], Awaitable[None]]] = {}
+        self._topics: dict[str, _TopicHandlers] = {}  # on_topic() registrations
         # Components, each owning one part of the protocol. They talk to the server through
         # send()/join()/on_topic()/on_reply() and are told about (dis)connections below.
         from .extensions.router import ExtensionRouter
 
-        self.extensions = ExtensionRouter(self, self.extensions_config)
+        self.extensions = ExtensionRouter(self, dict(extensions or {}))
         self.updates = UpdateManager(
             self,
             download_options,
@@ -289,7 +369,7 @@ class NervesHubLink:
         instances.register(self)
         self._stopping = False
         self.updates.start()
-        self._wake = asyncio.Event()
+        self._wake = _Wake()
         self._task = asyncio.create_task(self._run(), name=f"nhlink:{self.name}")
 
     async def stop(self, *, suspend_update: bool = False) -> None:
@@ -473,13 +553,13 @@ class NervesHubLink:
         join_refused: Callable[[JoinRefused], Awaitable[None]] | None = None,
     ) -> None:
         """Route a topic's pushes, channel closes, and join outcomes to a component."""
-        self._topic_handlers[topic] = push
+        handlers = self._topics[topic] = _TopicHandlers(push)
         if closed is not None:
-            self._channel_closed_handlers[topic] = closed
+            handlers.closed = closed
         if joined is not None:
-            self._joined_handlers[topic] = joined
+            handlers.joined = joined
         if join_refused is not None:
-            self._join_refused_handlers[topic] = join_refused
+            handlers.join_refused = join_refused
 
     def on_reply(self, ref: str, handler: Callable[[Reply], Awaitable[None]]) -> None:
         self._reply_handlers[ref] = handler
@@ -600,6 +680,7 @@ class NervesHubLink:
         loop = asyncio.get_running_loop()
         timers: list[asyncio.TimerHandle] = []
         side: list[asyncio.Task[None]] = []
+        heartbeat: _Heartbeat | None = None
         try:
             self._set_status(state=LinkState.CONNECTED, last_close_code=None, stable=False)
             logger.info("%s: connected to %s", self.name, self.config.url)
@@ -607,7 +688,8 @@ class NervesHubLink:
             self._callbacks.put("handle_connected", self.client.handle_connected)
             await self._join_device()
             timers.append(loop.call_later(self.config.join_timeout, self._join_overdue, ws))
-            side.append(asyncio.create_task(self._heartbeat(ws), name=f"nhlink:{self.name}:hb"))
+            # A timer, not a task: an idle link holds one TimerHandle for its heartbeat.
+            heartbeat = _Heartbeat(self, ws)
             async for message in ws:
                 if isinstance(message, bytes):
                     logger.warning("%s: ignoring unexpected binary frame (vsn 2.0.0)", self.name)
@@ -617,11 +699,12 @@ class NervesHubLink:
                     timers.append(
                         loop.call_later(self.config.backoff_reset_after, self._connection_stable)
                     )
-                    side.append(
-                        asyncio.create_task(
-                            self._watch_validation(), name=f"nhlink:{self.name}:validation"
+                    if not self._validation_reported():  # else nothing to watch for
+                        side.append(
+                            asyncio.create_task(
+                                self._watch_validation(), name=f"nhlink:{self.name}:validation"
+                            )
                         )
-                    )
             if self._abort_reason is not None:
                 raise self._abort_reason
             code = ws.close_code or 1006
@@ -632,6 +715,8 @@ class NervesHubLink:
                 f"connection closed by the server (code {code}: {cause})" if cause else None,
             )
         finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
             for timer in timers:
                 timer.cancel()
             for task in side:
@@ -712,20 +797,6 @@ class NervesHubLink:
         )
         await self.join(wire.TOPIC_DEVICE, params)
 
-    async def _heartbeat(self, ws: WebSocket) -> None:
-        interval = self.config.heartbeat_interval
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                frame = self.session.heartbeat()
-            except HeartbeatTimeout as exc:
-                self._drop(ws, exc)
-                return
-            try:
-                await ws.send_text(frame)
-            except ConnectionClosed:
-                return
-
     async def _dispatch(self, text: str) -> bool:
         """Handle one message; True when it was the device channel's successful join."""
         try:
@@ -737,17 +808,17 @@ class NervesHubLink:
             return False
         if isinstance(event, Push):
             if event.topic == wire.TOPIC_DEVICE:
-                handler = self._push_handlers.get(event.event)
-                if handler is None:
+                method = _DEVICE_PUSHES.get(event.event)
+                if method is None:
                     logger.info("%s: ignoring unknown device event %r", self.name, event.event)
                     return False
-                await handler(event.payload)
+                await getattr(self, method)(event.payload)
             else:
-                topic_handler = self._topic_handlers.get(event.topic)
-                if topic_handler is None:
+                topic_handlers = self._topics.get(event.topic)
+                if topic_handlers is None:
                     logger.info("%s: ignoring push on %r: %r", self.name, event.topic, event.event)
                     return False
-                await topic_handler(event)
+                await topic_handlers.push(event)
         elif isinstance(event, Joined):
             if event.topic == wire.TOPIC_DEVICE:
                 self._set_status(
@@ -774,9 +845,9 @@ class NervesHubLink:
                 raise ConnectionClosed(
                     1000, "", f"device channel {kind} by the server; reconnecting"
                 )
-            closed_handler = self._channel_closed_handlers.get(event.topic)
-            if closed_handler is not None:
-                await closed_handler(event)
+            handlers = self._topics.get(event.topic)
+            if handlers is not None and handlers.closed is not None:
+                await handlers.closed(event)
         elif isinstance(event, Reply):
             reply_handler = self._reply_handlers.pop(event.ref, None)
             if reply_handler is not None:
@@ -789,14 +860,14 @@ class NervesHubLink:
             await self._on_update(response)
 
     async def _other_joined(self, event: Joined) -> None:
-        handler = self._joined_handlers.get(event.topic)
-        if handler is not None:
-            await handler(event)
+        handlers = self._topics.get(event.topic)
+        if handlers is not None and handlers.joined is not None:
+            await handlers.joined(event)
 
     async def _other_join_refused(self, event: JoinRefused) -> None:
-        handler = self._join_refused_handlers.get(event.topic)
-        if handler is not None:
-            await handler(event)
+        handlers = self._topics.get(event.topic)
+        if handlers is not None and handlers.join_refused is not None:
+            await handlers.join_refused(event)
         else:
             logger.warning("%s: join of %r refused: %r", self.name, event.topic, event.response)
 

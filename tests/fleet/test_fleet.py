@@ -71,6 +71,10 @@ async def test_devices_join_with_their_identities_and_firmware() -> None:
     assert summary["join_latency"]["count"] == 25
     assert 0 < summary["join_latency"]["p50_ms"] <= summary["join_latency"]["p99_ms"]
     assert summary["errors"] == {}
+    process = summary["process"]
+    # Resident growth, start to end, per device (in a test process it may reuse freed memory).
+    assert process["rss_end_kib"] > 0 and process["kib_per_device"] >= 0
+    assert 0 < process["all_joined_after_s"] <= summary["wall_s"]
     # Stopping the fleet left no device connected.
     await hub.wait_for(lambda: not any(r.connected for r in hub.devices.values()), timeout=10)
 
@@ -317,6 +321,9 @@ def test_cli_shards_cover_the_fleet_and_merge(hub_process: HubProcess, tmp_path:
         ["cli-00007", "cli-00010"],
     ]
     assert [p["ramp_per_s"] for p in parts] == pytest.approx([200 / 3] * 3)
+    for p in parts:  # 3 s runs: all joined within the first second, then idle
+        assert p["process"]["idle_window_s"] > 1
+        assert 0 <= p["process"]["idle_cpu_percent"] < 100
     merged_path = tmp_path / "all.json"
     done = fleet_cmd(
         "merge", *(str(tmp_path / f"{x}.json") for x in "abc"), "--json", str(merged_path)
@@ -351,3 +358,55 @@ def test_cli_refuses_bad_input_before_starting(tmp_path: Path) -> None:
     scenario.write_text('disconnect_rate = "1/min"\nbogus = 1\n')
     done = fleet_cmd(*base, "--product-secret-file", str(scenario), "--scenario", str(scenario))
     assert done.returncode == 2 and "bogus" in done.stderr
+
+
+def test_the_kubernetes_manifest_runs_shards_our_cli_accepts() -> None:
+    from nhlink.fleet.cli import build_parser, options_from
+
+    manifest = (Path(__file__).parents[2] / "deploy/kubernetes/nhlink-fleet-job.yaml").read_text()
+    assert "completionMode: Indexed" in manifest
+    lines = manifest[manifest.index("command:") : manifest.index("env:")].splitlines()[1:]
+    argv = [line.strip()[2:] for line in lines if line.strip().startswith("- ")]
+    assert argv[:2] == ["nhlink", "fleet"]
+    args = build_parser().parse_args(argv[2:])
+    completions = int(manifest.split("completions: ")[1].split()[0])
+    for index in (0, completions - 1):
+        env = {"JOB_COMPLETION_INDEX": str(index), "NHLINK_PRODUCT_SECRET": "s"}
+        old = dict(os.environ)
+        os.environ.update(env)
+        try:
+            opts = options_from(args)
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+        assert opts.shard == (index, completions)
+        assert opts.product_secret == "s"
+
+
+def test_json_on_standard_output_is_one_line_that_merge_finds_in_a_log(
+    hub_process: HubProcess, tmp_path: Path
+) -> None:
+    env = {**os.environ, "NHLINK_FLEET_SECRET": SECRET}
+    done = fleet_cmd(
+        "--hub",
+        f"ws://127.0.0.1:{hub_process.port}/socket/websocket",
+        "--devices",
+        "3",
+        "--product-key",
+        KEY,
+        "--product-secret-env",
+        "NHLINK_FLEET_SECRET",
+        "--duration",
+        "1s",
+        "--quiet",
+        "--json",
+        "-",
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 1
+    log = tmp_path / "pod.log"
+    log.write_text(done.stderr + done.stdout)  # what kubectl logs shows: both streams
+    merged = fleet_cmd("merge", str(log))
+    assert merged.returncode == 0, merged.stderr
+    assert json.loads(merged.stdout)["devices"] == 3

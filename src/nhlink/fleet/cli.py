@@ -272,11 +272,28 @@ def _human(summary: dict[str, Any]) -> str:
 def _write_json(summary: dict[str, Any], target: str | None) -> None:
     if not target:
         return
-    text = json.dumps(summary, indent=2) + "\n"
     if target == "-":
-        sys.stdout.write(text)
+        # One line: collected with the process's other output (kubectl logs), it is found as
+        # the last line that is a JSON object (see _read_summary).
+        sys.stdout.write(json.dumps(summary) + "\n")
+        sys.stdout.flush()
     else:
-        Path(target).write_text(text, encoding="utf-8")
+        Path(target).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def _read_summary(path: str) -> Any:
+    """A summary file, or a log (``kubectl logs`` of a shard) whose last JSON line is one."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except ValueError:
+        for line in reversed(text.splitlines()):
+            if line.startswith("{"):
+                try:
+                    return json.loads(line)
+                except ValueError:
+                    continue
+        raise ValueError(f"{path}: no fleet summary in it") from None
 
 
 def cmd_run(argv: Sequence[str]) -> int:
@@ -321,7 +338,7 @@ def cmd_run(argv: Sequence[str]) -> int:
     except (ConfigError, FleetError) as exc:
         print(f"nhlink fleet: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(_human(summary), file=sys.stderr)
+    print(_human(summary), file=sys.stderr, flush=True)
     _write_json(summary, args.json)
     if summary["final"]["joined"] < args.min_joined * summary["devices"]:
         print(
@@ -337,11 +354,13 @@ def cmd_merge(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="nhlink fleet merge", description="Combine the JSON summaries of fleet shards."
     )
-    parser.add_argument("files", nargs="+", help="summaries written with --json")
+    parser.add_argument(
+        "files", nargs="+", help="summaries written with --json (or logs ending in one)"
+    )
     parser.add_argument("--json", default="-", help="where to write the result ('-': stdout)")
     args = parser.parse_args(argv)
     try:
-        summaries = [json.loads(Path(f).read_text(encoding="utf-8")) for f in args.files]
+        summaries = [_read_summary(f) for f in args.files]
         merged = merge(summaries)
     except (OSError, ValueError, KeyError, TypeError, FleetError) as exc:
         print(f"nhlink fleet merge: {exc}", file=sys.stderr)

@@ -255,6 +255,7 @@ class SimDevice:
     __slots__ = (
         "_attempt_at",
         "_last_error",
+        "_paced",
         "_previous",
         "firmware",
         "fleet",
@@ -273,7 +274,15 @@ class SimDevice:
         self.rebooting = False
         self._previous = LinkState.STOPPED
         self._attempt_at = 0.0
+        self._paced = False
         self._last_error: BaseException | None = None
+
+    async def gate(self) -> None:
+        """Before each connection attempt: the first one is paced by the ramp, every later one
+        (reconnects, reboots) by the fleet's pacer."""
+        if self._paced:
+            await self.fleet.pacer()
+        self._paced = True
 
     def on_status(self, status: LinkStatus) -> None:
         state = status.state
@@ -285,10 +294,15 @@ class SimDevice:
                 fleet.count("connect_attempts")
             elif state is LinkState.JOINED:
                 fleet.join_latency.add(fleet.clock() - self._attempt_at)
-                fleet.count("joins")
                 fleet.last_join_at = fleet.clock()
-            if previous is LinkState.JOINED and not self.rebooting and not fleet.stopping:
-                fleet.count("disconnects")
+                fleet.joined_now += 1
+                if fleet.joined_now == len(fleet.devices) and fleet.all_joined is None:
+                    fleet.all_joined = _Sample.now(fleet.clock())
+                fleet.count("joins")
+            if previous is LinkState.JOINED:
+                fleet.joined_now -= 1
+                if not self.rebooting and not fleet.stopping:
+                    fleet.count("disconnects")
             self._previous = state
         error = status.last_error
         if error is not None and error is not self._last_error:
@@ -311,6 +325,8 @@ class Fleet:
         self.join_latency = Histogram()
         self.stopping = False
         self.last_join_at: float | None = None
+        self.joined_now = 0  # devices joined at this moment
+        self.all_joined: _Sample | None = None  # when every device was first joined at once
         index, count = options.shard
         self.numbers = shard_range(options.devices, index, count)
         self.devices = [
@@ -370,7 +386,7 @@ class Fleet:
             fwup_writer=SimWriter(options.writer, lambda: rate > 0 and rng.random() < rate),
             download_options=self._downloads,
             ssl_context=ssl_context,
-            connect_gate=self.pacer,
+            connect_gate=device.gate,
             status_listener=device.on_status,
             rand=rng.random,
             name=device.identifier,
@@ -480,7 +496,8 @@ class Fleet:
         progress_interval: float = 1.0,
     ) -> dict[str, Any]:
         self.started_at = self.clock()
-        cpu0 = time.process_time()
+        start = _Sample.now(self.started_at)
+        cpu0 = start.cpu
         runners = [asyncio.create_task(self._ramp())]
         if self.options.disconnect_rate > 0:
             runners.append(
@@ -498,12 +515,13 @@ class Fleet:
                     await asyncio.wait_for(self._stop.wait(), self.options.duration)
         finally:
             final = self.snapshot()
+            end = _Sample.now(self.clock())
             self.stopping = True
             for task in runners:
                 task.cancel()
             await asyncio.gather(*runners, return_exceptions=True)
             await self._stop_all()
-        return self.summary(final, time.process_time() - cpu0)
+        return self.summary(final, time.process_time() - cpu0, start, end)
 
     async def _ramp(self) -> None:
         start = self.clock()
@@ -542,7 +560,13 @@ class Fleet:
         links = [d.link for d in self.devices if d.link is not None]
         await asyncio.gather(*(link.stop() for link in links), return_exceptions=True)
 
-    def summary(self, final: Mapping[str, Any], cpu_s: float) -> dict[str, Any]:
+    def summary(
+        self,
+        final: Mapping[str, Any],
+        cpu_s: float,
+        start: _Sample | None = None,
+        end: _Sample | None = None,
+    ) -> dict[str, Any]:
         options = self.options
         wall = self.clock() - self.started_at
         rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -567,8 +591,56 @@ class Fleet:
             "counters": counters,
             "errors": errors,
             "join_latency": self.join_latency.to_json(),
-            "process": {"cpu_s": round(cpu_s, 3), "max_rss_kib": rss_kib},
+            "process": {
+                "cpu_s": round(cpu_s, 3),
+                "max_rss_kib": rss_kib,
+                **_footprint(len(self.devices), start, self.all_joined, end),
+            },
         }
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """The process at one moment: the fleet's clock, CPU seconds, resident KiB."""
+
+    time: float
+    cpu: float
+    rss_kib: int
+
+    @classmethod
+    def now(cls, at: float) -> _Sample:
+        return cls(at, time.process_time(), _rss_kib())
+
+
+def _rss_kib() -> int:
+    """Resident set size now (Linux: /proc/self/statm), 0 where unknown."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * (os.sysconf("SC_PAGE_SIZE") // 1024)
+
+
+def _footprint(
+    devices: int, start: _Sample | None, joined: _Sample | None, end: _Sample | None
+) -> dict[str, Any]:
+    """Memory per device (resident growth from the start to the end, all devices up) and the
+    idle CPU between "all joined" and the end (heartbeats only, when no events were injected)."""
+    if start is None or end is None:
+        return {}
+    out: dict[str, Any] = {
+        "rss_start_kib": start.rss_kib,
+        "rss_end_kib": end.rss_kib,
+        "kib_per_device": round((end.rss_kib - start.rss_kib) / devices, 2),
+    }
+    if joined is not None:
+        out["all_joined_after_s"] = round(joined.time - start.time, 3)
+        window = end.time - joined.time
+        if window > 0:
+            out["idle_window_s"] = round(window, 3)
+            out["idle_cpu_percent"] = round(100 * (end.cpu - joined.cpu) / window, 3)
+    return out
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -615,8 +687,21 @@ def merge(summaries: list[Mapping[str, Any]]) -> dict[str, Any]:
         "counters": dict(sorted(counters.items())),
         "errors": dict(sorted(errors.items())),
         "join_latency": hist.to_json(),
-        "process": {
-            "cpu_s": round(sum(s["process"]["cpu_s"] for s in summaries), 3),
-            "max_rss_kib": max(s["process"]["max_rss_kib"] for s in summaries),
-        },
+        "process": _merged_process(
+            [s["process"] for s in summaries], [s["devices"] for s in summaries]
+        ),
     }
+
+
+def _merged_process(parts: list[Mapping[str, Any]], devices: list[int]) -> dict[str, Any]:
+    """CPU adds up, peaks take the maximum, memory per device is weighted by devices."""
+    out: dict[str, Any] = {
+        "cpu_s": round(sum(p["cpu_s"] for p in parts), 3),
+        "max_rss_kib": max(p["max_rss_kib"] for p in parts),
+    }
+    if all("kib_per_device" in p for p in parts):
+        growth = sum(p["kib_per_device"] * n for p, n in zip(parts, devices, strict=True))
+        out["kib_per_device"] = round(growth / sum(devices), 2)
+    if all("idle_cpu_percent" in p for p in parts):
+        out["idle_cpu_percent_sum"] = round(sum(p["idle_cpu_percent"] for p in parts), 3)
+    return out

@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -225,7 +224,7 @@ class ClientConnection:
         self._fragment_compressed = False
         self.response_headers: dict[str, str] = {}
         self.response_started = False  # any byte of the upgrade response received
-        self.pongs: deque[bytes] = deque()
+        self.pongs: list[bytes] = []  # rare: a list costs less than a deque per connection
         self.close_sent = False
         self.close_received = False
         self.close_code: int | None = None

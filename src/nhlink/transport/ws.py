@@ -49,7 +49,12 @@ _MASK_BATCH = 1024  # keys drawn from os.urandom at once: one syscall per 1024 f
 
 
 class _MaskKeys:
-    """Fresh unpredictable 4-byte masking keys (RFC 6455 §5.3), drawn in batches."""
+    """Fresh unpredictable 4-byte masking keys (RFC 6455 §5.3), drawn in batches.
+
+    One per event loop, shared by its connections (:func:`_mask_keys`): every key is still
+    drawn from ``os.urandom`` and used once, and a connection does not hold 4 KiB of keys
+    while idle. Calls come from the loop's thread only, so the batch is never read twice.
+    """
 
     __slots__ = ("_buf", "_pos")
 
@@ -64,6 +69,18 @@ class _MaskKeys:
             pos = 0
         self._pos = pos + 4
         return self._buf[pos : pos + 4]
+
+
+_mask_key_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _MaskKeys] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _mask_keys(loop: asyncio.AbstractEventLoop) -> _MaskKeys:
+    pool = _mask_key_pools.get(loop)
+    if pool is None:
+        pool = _mask_key_pools[loop] = _MaskKeys()
+    return pool
 
 
 # asyncio's own read size (selector transports read up to 256 KiB at a time).
@@ -205,7 +222,9 @@ class WebSocket:
         self._secure = secure
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._messages: deque[Message] = deque()
+        # Received messages not yet returned; None when there are none, so that an idle
+        # connection does not keep an empty deque (760 B) for the time between messages.
+        self._messages: deque[Message] | None = None
         self._queued_bytes = 0
         self._read_limit = read_limit
         self._reading_paused = False
@@ -277,6 +296,8 @@ class WebSocket:
         conn = self._conn
         if messages:
             queue = self._messages
+            if queue is None:
+                queue = self._messages = deque()
             if len(messages) == 1:
                 queue.append(messages[0])
                 self._queued_bytes += len(messages[0])
@@ -396,7 +417,7 @@ class WebSocket:
         now = self._loop.time()
         pongs = self._conn.pongs
         while pongs:
-            payload = pongs.popleft()
+            payload = pongs.pop(0)
             if payload not in self._pings:
                 continue  # unsolicited pong (RFC 6455 §5.5.3): accepted, ignored
             # A pong answers its ping and every ping sent before it.
@@ -422,8 +443,7 @@ class WebSocket:
         Raises :class:`~nhlink.errors.ConnectionClosed` once the connection is closing or closed
         and every message received before the close has been returned.
         """
-        messages = self._messages
-        while not messages:
+        while not self._messages:
             conn = self._conn
             if conn.state != OPEN or conn.failure is not None:
                 raise self._closed_error()
@@ -434,16 +454,21 @@ class WebSocket:
             finally:
                 if self._waiter is waiter:
                     self._waiter = None
+        messages = self._messages
+        assert messages is not None
         message = messages.popleft()
-        if not messages and self._conn.failure_deferred:
-            # The last message before a protocol error: fail once the caller had its turn.
-            self._loop.call_soon(self._release_failure)
+        more = bool(messages)
+        if not more:
+            self._messages = None
+            if self._conn.failure_deferred:
+                # The last message before a protocol error: fail once the caller had its turn.
+                self._loop.call_soon(self._release_failure)
         if self._reading_paused:
             self._queued_bytes -= len(message)
             if self._queued_bytes <= self._read_limit // 4 and self._transport is not None:
                 self._reading_paused = False
                 self._transport.resume_reading()
-        elif messages:
+        elif more:
             self._queued_bytes -= len(message)
         else:
             self._queued_bytes = 0
@@ -484,6 +509,13 @@ class WebSocket:
         self._flush()
         if self._write_paused:
             await self._drain()
+
+    def send_text_nowait(self, text: str | bytes) -> None:
+        """Send a small text message without waiting for the write buffer (heartbeats). The
+        message is queued in the transport even while it is over its high-water mark."""
+        self._send_checked()
+        self._conn.send_text(text)
+        self._flush()
 
     async def send_binary(self, data: bytes | bytearray | memoryview) -> None:
         """Send a binary message. Waits while the write buffer is full."""
@@ -657,13 +689,14 @@ class connect:
 
     async def _open(self) -> WebSocket:
         secure, host, port, resource = _parse_url(self._url)
+        loop = asyncio.get_running_loop()
         conn = ClientConnection(
             host=host,
             port=port,
             resource=resource,
             secure=secure,
             key=os.urandom(16),
-            mask_key=_MaskKeys(),
+            mask_key=_mask_keys(loop),
             extra_headers=self._extra_headers,
             max_message_size=self._max_message_size,
             compression=self._compression,
@@ -672,7 +705,6 @@ class connect:
         ws = WebSocket(
             conn, close_timeout=self._close_timeout, read_limit=self._read_limit, secure=secure
         )
-        loop = asyncio.get_running_loop()
         ssl_ctx: ssl_module.SSLContext | None = None
         if secure:
             ssl_ctx = self._ssl or ssl_module.create_default_context()

@@ -29,7 +29,6 @@ The manager talks to the connection through :class:`UpdateHost` only (NervesHubL
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import importlib
 import inspect
@@ -293,7 +292,7 @@ class UpdateManager:
         self.last_error: BaseException | None = None
         #: the updates completed by this process, the most recent last (the last 16: a device
         #: that never reboots must not grow without bound)
-        self.completed: collections.deque[UpdateInfo] = collections.deque(maxlen=16)
+        self.completed: list[UpdateInfo] = []
         self._client_percent = -1
         self._sent_percent: dict[str, int] = {}
         #: updates taken on (decided, downloaded...), completed and failed since the link was made
@@ -718,6 +717,7 @@ class UpdateManager:
             await self._clear_resume_point()
             await self.report(wire.STATUS_COMPLETED)
             self.completed.append(info)
+            del self.completed[:-16]
             self.completed_count += 1
             logger.info("%s: firmware %s installed", self.name, info.uuid)
             await self._callback(

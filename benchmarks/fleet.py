@@ -155,7 +155,8 @@ async def main():
     ctx = ssl.create_default_context(cafile=ca) if ca else None
     if lib == "aiohttp":
         import aiohttp
-        session = aiohttp.ClientSession()
+        # limit=0: the default pool of 100 connections would hold back the 101st WebSocket
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         opener = lambda: session.ws_connect(url, ssl=ctx or None, autoping=False)
     elif lib == "websockets":
         from websockets.asyncio.client import connect

@@ -514,3 +514,26 @@ async def test_links_share_an_ssl_context_and_a_connect_gate(tmp_path: Path) -> 
         **device_options(1, "gw-x", ssl=True, dangerously_disable_verification=True),
         ssl_context=lax,
     )
+    # The context carries the CA and certificate: given both ways, one would be ignored.
+    with pytest.raises(ConfigError, match="ssl_context"):
+        NervesHubLink(
+            **device_options(1, "gw-x", ssl=True, ca_file=pki.ca.cert), ssl_context=shared
+        )
+
+
+async def test_stop_while_waiting_at_the_connect_gate_opens_no_connection(hub: FakeHub) -> None:
+    at_gate = asyncio.Event()
+    never = asyncio.Event()
+
+    async def gate() -> None:
+        at_gate.set()
+        await never.wait()  # a pacer with a long backlog
+
+    link = NervesHubLink(**device_options(hub, "gw-gated"), connect_gate=gate)
+    await link.start()
+    await asyncio.wait_for(at_gate.wait(), 5)
+    started = time.monotonic()
+    await link.stop()
+    assert time.monotonic() - started < 2  # abandoned at once, not after the 10 s grace
+    assert link.status.connect_attempts == 0
+    assert "gw-gated" not in hub.devices

@@ -265,6 +265,12 @@ class NervesHubLink:
         if ssl_context is not None:
             if not self.config.ssl:
                 raise ConfigError("ssl_context", "given for a plain ws:// link (ssl=False)")
+            if self.config.auth_mode == "mtls" or self.config.ca_file is not None:
+                raise ConfigError(
+                    "ssl_context",
+                    "given with device_cert or ca_file: put the certificate and the CA in the "
+                    "context (client_ssl_context), or leave ssl_context out",
+                )
             if not self.config.dangerously_disable_verification and (
                 ssl_context.verify_mode != ssl.CERT_REQUIRED or not ssl_context.check_hostname
             ):
@@ -316,6 +322,7 @@ class NervesHubLink:
         )
         self._status = LinkStatus()
         self._connect_gate = connect_gate
+        self._gating = False  # awaiting connect_gate: stop() may abandon the attempt
         #: called with every new status (state changes, attempts, errors); must not block
         self.status_listener = status_listener
         self._ws: WebSocket | None = None
@@ -391,7 +398,7 @@ class NervesHubLink:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(1000, "stopping"), _CLOSE_TIMEOUT + 1)
         if task is not None:
-            if ws is None and self._status.state is LinkState.CONNECTING:
+            if ws is None and (self._gating or self._status.state is LinkState.CONNECTING):
                 task.cancel()  # nothing to finish gracefully: abandon the connection attempt
             # Let the loop end by itself so the disconnect callbacks run to completion.
             done, _ = await asyncio.wait({task}, timeout=_STOP_GRACE)
@@ -667,7 +674,13 @@ class NervesHubLink:
 
     async def _connect_and_serve(self) -> None:
         if self._connect_gate is not None:
-            await self._connect_gate()
+            self._gating = True
+            try:
+                await self._connect_gate()
+            finally:
+                self._gating = False
+            if self._stop_requested():
+                return  # stopped while waiting for the gate: no connection to open
         self._set_status(
             state=LinkState.CONNECTING,
             connect_attempts=self._status.connect_attempts + 1,

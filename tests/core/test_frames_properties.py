@@ -380,6 +380,35 @@ def test_a_payload_received_in_place_is_immutable_once_delivered(core: ModuleTyp
         parser.payload_received(1)  # no view to match
 
 
+def test_a_frame_over_16_mib_stays_whole_as_it_comes_down_to_16_mib(core: ModuleType) -> None:
+    # It collects in parts from its first byte; it must not switch to in-place receiving when
+    # the bytes still due drop under 16 MiB (that would lose the parts received so far).
+    payload = bytes(range(256)) * (((16 << 20) + 300_000) // 256)
+    size = len(payload)
+    big = server_frame(2, payload)
+    after = server_frame(1, b"next")
+    parser = core.FrameParser(max_frame_size=32 << 20, max_message_size=32 << 20)
+    frames = []
+    data = big + after
+    for i in range(0, len(data), 1 << 20):
+        view = parser.payload_buffer()
+        assert view is None  # never offered for this frame
+        frames += parser.feed(data[i : i + (1 << 20)])
+    assert [(f.opcode, len(f.payload)) for f in frames] == [(2, size), (1, 4)]
+    assert frames[0].payload == payload and frames[1].payload == b"next"
+
+
+def test_payload_received_needs_the_view_it_reports_on(core: ModuleType) -> None:
+    parser = core.FrameParser()
+    parser.feed(server_frame(2, bytes(100_000))[:1000])  # in place from here, no view lent yet
+    with pytest.raises(ValueError):
+        parser.payload_received(10)
+    view = parser.payload_buffer()
+    assert view is not None
+    with pytest.raises(ValueError):
+        parser.payload_received(len(view) + 1)
+
+
 def test_a_payload_buffer_is_offered_only_for_large_frames(core: ModuleType) -> None:
     parser = core.FrameParser()
     assert parser.payload_buffer() is None
@@ -406,3 +435,10 @@ def test_boundary_sizes_split_everywhere_in_the_header(
         chunks = split(data, [cut])
         assert outcomes(py_core, chunks) == outcomes(c_core, chunks)
         assert [f for r in outcomes(c_core, chunks) for f in r] == frame
+
+
+def test_a_payload_exporter_not_made_by_payload_buffer_exports_nothing(c_core: ModuleType) -> None:
+    from nhlink._core import _mask
+
+    with pytest.raises(BufferError):
+        memoryview(_mask._Filling())  # type: ignore[attr-defined]  # private, compiled only

@@ -363,7 +363,9 @@ def test_cli_refuses_bad_input_before_starting(tmp_path: Path) -> None:
 def test_the_kubernetes_manifest_runs_shards_our_cli_accepts() -> None:
     from nhlink.fleet.cli import build_parser, options_from
 
-    manifest = (Path(__file__).parents[2] / "deploy/kubernetes/nhlink-fleet-job.yaml").read_text()
+    printed = fleet_cmd("manifest")
+    assert printed.returncode == 0, printed.stderr
+    manifest = printed.stdout
     assert "completionMode: Indexed" in manifest
     lines = manifest[manifest.index("command:") : manifest.index("env:")].splitlines()[1:]
     argv = [line.strip()[2:] for line in lines if line.strip().startswith("- ")]
@@ -410,3 +412,13 @@ def test_json_on_standard_output_is_one_line_that_merge_finds_in_a_log(
     merged = fleet_cmd("merge", str(log))
     assert merged.returncode == 0, merged.stderr
     assert json.loads(merged.stdout)["devices"] == 3
+
+
+def test_missing_device_certificates_are_named_before_anything_starts(tmp_path: Path) -> None:
+    (tmp_path / "sim-00001.crt").write_text("")
+    (tmp_path / "sim-00001.key").write_text("")
+    opts = FleetOptions(
+        hub="wss://127.0.0.1:9/socket/websocket", devices=2, prefix="sim", certs=tmp_path
+    )
+    with pytest.raises(FleetError, match=r"2 certificate files missing, e\.g\. .*sim-00002\.crt"):
+        Fleet(opts)

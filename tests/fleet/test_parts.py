@@ -28,6 +28,10 @@ def test_rates_durations_and_speeds() -> None:
     assert parse_speed("125k") == 125_000
     assert parse_speed("1M/s") == 1_000_000
     assert parse_speed("2MiB") == 2 * 1024 * 1024
+    assert parse_speed("2MiB/s") == 2 * 1024 * 1024
+    assert parse_speed("1MB") == 1_000_000
+    assert parse_speed("64 KiB/s") == 64 * 1024
+    assert parse_speed("500") == 500
     for bad, parse in (
         ("fast", parse_rate),
         ("5/day", parse_rate),

@@ -564,7 +564,8 @@ class FrameParser:
         error = self._error
         if error is not None:
             raise FrameError(f"parser failed earlier: {error}", error.close_code)
-        if self._direct is None or not 0 <= nbytes <= self._remaining:
+        lent = self._lent
+        if self._direct is None or lent is None or not 0 <= nbytes <= len(lent):
             raise ValueError("payload_received() without a payload_buffer() to match")
         frames: list[Frame] = []
         try:
@@ -633,8 +634,9 @@ class FrameParser:
             remaining = self._remaining
             avail = n - pos
             if remaining > avail:
-                if _DIRECT_MIN <= remaining <= _DIRECT_MAX:
-                    # A large payload: from here on it is received in place (payload_buffer).
+                if _DIRECT_MIN <= remaining <= _DIRECT_MAX and not self._parts:
+                    # A large payload, none of it received yet (a frame over 16 MiB that has
+                    # come down to 16 MiB keeps collecting parts): received in place from here.
                     view = self._start_direct(remaining)
                     if avail:
                         view[0:avail] = memoryview(data)[pos:n]

@@ -254,6 +254,8 @@ cdef class _Filling:
     cdef bytes data
 
     def __getbuffer__(self, Py_buffer *view, int flags):
+        if self.data is None:
+            raise BufferError("not made by payload_buffer()")
         PyBuffer_FillInfo(
             view, self, PyBytes_AS_STRING(self.data), PyBytes_GET_SIZE(self.data), 0, flags
         )

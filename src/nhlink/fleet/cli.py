@@ -78,10 +78,12 @@ def parse_duration(text: str) -> float:
 
 def parse_speed(text: str) -> int:
     """Bytes per second: ``125k`` (decimal), ``1M``, ``2MiB`` (binary); ``/s`` optional."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*?)\s*(?:b?/s)?\s*", text.lower())
-    if not match or match.group(2) not in _SPEED_UNITS:
+    match = re.fullmatch(
+        r"\s*([0-9]*\.?[0-9]+)\s*(kib|mib|gib|k|m|g)?b?\s*(?:/\s*s)?\s*", text.lower()
+    )
+    if not match:
         raise ValueError(f"expected a speed like 125k, 1M or 2MiB (bytes/s), not {text!r}")
-    return int(float(match.group(1)) * _SPEED_UNITS[match.group(2)])
+    return int(float(match.group(1)) * _SPEED_UNITS[match.group(2) or ""])
 
 
 def _typed(parse: Any, what: str) -> Any:
@@ -99,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nhlink fleet",
         description="Simulate many NervesHub devices in one process (a server load test). "
-        "Also: 'nhlink fleet merge FILE...' and 'nhlink fleet make-certs ...'.",
+        "Also: 'nhlink fleet merge FILE...', 'nhlink fleet make-certs ...' and "
+        "'nhlink fleet manifest' (a Kubernetes Indexed Job for shards).",
     )
     parser.add_argument("--hub", required=True, help="device socket URL (ws:// or wss://)")
     parser.add_argument("--devices", type=int, required=True, help="devices in the whole fleet")
@@ -401,8 +404,20 @@ def cmd_make_certs(argv: Sequence[str]) -> int:
     return 0
 
 
+def manifest() -> str:
+    """The Kubernetes Indexed Job that runs shards of a fleet (``nhlink fleet manifest``)."""
+    from importlib import resources
+
+    return (
+        resources.files("nhlink.fleet").joinpath("data", "nhlink-fleet-job.yaml").read_text("utf-8")
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["manifest"]:
+        sys.stdout.write(manifest())
+        return 0
     if argv[:1] == ["merge"]:
         return cmd_merge(argv[1:])
     if argv[:1] == ["make-certs"]:

@@ -169,8 +169,12 @@ def check_fd_limit(devices: int) -> int:
     fit. Raises :class:`FleetError` when ``devices`` do not (one socket each, plus a reserve)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = devices + FD_RESERVE
-    if soft != resource.RLIM_INFINITY and soft < need:
-        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if soft != resource.RLIM_INFINITY and soft < max(
+        need, hard if hard != resource.RLIM_INFINITY else 0
+    ):
+        # Up to the hard limit, not just to `need`: a device that downloads an update holds a
+        # second socket, and an update campaign across the fleet needs that headroom.
+        target = need if hard == resource.RLIM_INFINITY else hard
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -347,6 +351,18 @@ class Fleet:
             "ssl": self._secure,
             "path": parts.path or wire.DEVICE_SOCKET_PATH,
         }
+        if options.certs is not None:
+            missing = [
+                f"{options.certs / d.identifier}.{ext}"
+                for d in self.devices
+                for ext in ("crt", "key")
+                if not (options.certs / f"{d.identifier}.{ext}").is_file()
+            ]
+            if missing:
+                raise FleetError(
+                    f"--certs: {len(missing)} certificate files missing, e.g. {missing[0]} "
+                    "(nhlink fleet make-certs writes them)"
+                )
         self._shared_tls: ssl.SSLContext | None = None
         if self._secure and options.certs is None:
             self._shared_tls = client_ssl_context(cafile=options.ca_file)
@@ -403,16 +419,17 @@ class Fleet:
         device.link = self._make_link(device)
         await device.link.start()
 
-    def schedule_reboot(self, device: SimDevice, why: str, *, after_verdict: bool = False) -> None:
+    def schedule_reboot(self, device: SimDevice, why: str, *, after_verdict: bool = False) -> bool:
         """Reboot ``device`` (stop its link, start a new one with its next firmware). With
         ``after_verdict``, first wait until the server has the update's final status (learnt
         from the next heartbeat reply; at most two heartbeat intervals), as ``nhlink run``
         does: a reboot that swallowed ``completed`` would leave the update open on the hub."""
         if device.rebooting or self.stopping:
-            return
+            return False
         device.rebooting = True
         self.count(f"reboots_{why}")
         self._spawn(self._reboot(device, after_verdict))
+        return True
 
     async def _reboot(self, device: SimDevice, after_verdict: bool = False) -> None:
         try:
@@ -428,7 +445,7 @@ class Fleet:
                 device.firmware = {**device.firmware, **device.next_firmware}
                 device.next_firmware = None
             if not self.stopping:
-                await self._boot(device)
+                await self._boot_counted(device)
         finally:
             device.rebooting = False
 
@@ -531,22 +548,36 @@ class Fleet:
                 await asyncio.sleep(delay)
             if self.stopping:
                 return
-            await self._boot(device)
+            await self._boot_counted(device)
         self.ramp_done_at = self.clock()
+
+    async def _boot_counted(self, device: SimDevice) -> None:
+        """Boot ``device``; a failure is counted (``errors``) and logged, not fatal to the
+        fleet: the other devices go on."""
+        try:
+            await self._boot(device)
+        except Exception as exc:
+            device.link = None
+            self.count(f"error:boot:{type(exc).__name__}")
+            logger.error("%s: cannot start: %s", device.identifier, exc)
 
     async def _inject(self, rate: float, kind: str) -> None:
         while True:
             await asyncio.sleep(self.rng.expovariate(rate))
-            joined = [d for d in self.devices if d.link is not None and d.link.status.joined]
+            joined = [
+                d
+                for d in self.devices
+                if d.link is not None and d.link.status.joined and not d.rebooting
+            ]
             if not joined:
                 continue
             device = self.rng.choice(joined)
-            self.count(f"injected_{kind}s")
             if kind == "disconnect":
                 assert device.link is not None
                 device.link.reconnect()
-            else:
-                self.schedule_reboot(device, "injected")
+                self.count("injected_disconnects")
+            elif self.schedule_reboot(device, "injected"):
+                self.count("injected_reboots")
 
     async def _progress(self, report: Callable[[dict[str, Any]], None], interval: float) -> None:
         while True:

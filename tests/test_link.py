@@ -308,6 +308,16 @@ async def test_same_identity_twice_is_a_config_error(hub: FakeHub) -> None:
             await same_name.start()
     finally:
         await a.stop()
+    # Stopped, ``one`` frees its name and its identity: ``two`` may run now (and a clash that
+    # was refused left nothing behind).
+    await b.start()
+    try:
+        assert nhlink.get("two") is b
+        with pytest.raises(ConfigError, match="same device identity"):
+            await NervesHubLink(**link_options(hub, "gw-dup", name="three")).start()
+    finally:
+        await b.stop()
+    assert not {"one", "two", "three"} & set(nhlink.instances.names())
 
 
 async def test_confirm_update_persists_validation(hub: FakeHub, tmp_path: Path) -> None:

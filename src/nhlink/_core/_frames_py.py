@@ -523,7 +523,7 @@ class FrameParser:
                 view = self._direct_view
                 assert view is not None
                 take = len(data) if len(data) < self._remaining else self._remaining
-                view[self._filled : self._filled + take] = data[:take]
+                view[self._filled : self._filled + take] = memoryview(data)[:take]
                 self._received(take, frames)
                 if take == len(data):
                     return frames

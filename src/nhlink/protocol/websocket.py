@@ -34,6 +34,7 @@ import hashlib
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .. import _core
 from ..errors import (
@@ -336,13 +337,13 @@ class ClientConnection:
         self._validate_upgrade(headers)
         self.response_headers = headers
         self._state = OPEN
-        self._parser = _core.FrameParser(
+        parser = self._parser = _core.FrameParser(
             max_frame_size=self._max_frame_size,
             max_message_size=self._max_message_size,
             allow_rsv1=self._deflate is not None,
             validate_utf8=True,
         )
-        return self._receive_frames(rest) if rest else []
+        return self._receive_frames(parser.feed, rest) if rest else []
 
     def _receive_error_body(self, eof: bool = False) -> list[Message]:
         assert self._error_status is not None
@@ -430,30 +431,29 @@ class ClientConnection:
         Raises only during the handshake (``InvalidStatus``/``HandshakeError``). Afterwards, a
         peer that breaks the protocol fails the connection instead (see the module docstring).
         """
-        state = self._state
-        if state == CONNECTING:
+        if self._state == CONNECTING:
             return self._receive_handshake(data)
-        if (
-            state == CLOSED
+        if not self._frames_expected():
+            return []  # RFC 6455 §5.5.1: nothing after the peer's close frame is processed
+        parser = self._parser
+        assert parser is not None
+        return self._receive_frames(parser.feed, data)
+
+    def _frames_expected(self) -> bool:
+        """Open (or closing from our side) with nothing failed: frames are still processed."""
+        return not (
+            self._state == CLOSED
             or self.close_received
             or self.failure is not None
             or self._deferred_failure is not None
-        ):
-            return []  # RFC 6455 §5.5.1: nothing after the peer's close frame is processed
-        return self._receive_frames(data)
+        )
 
     def receive_buffer(self) -> memoryview | None:
         """A writable view to read the next bytes into, when they are the rest of a large payload
         (see ``FrameParser.payload_buffer``); report them with :meth:`receive_payload`. ``None``
         otherwise: read into a buffer of your own and pass it to :meth:`receive_data`."""
         parser = self._parser
-        if (
-            parser is None
-            or self._state == CLOSED
-            or self.close_received
-            or self.failure is not None
-            or self._deferred_failure is not None
-        ):
+        if parser is None or not self._frames_expected():
             return None
         return parser.payload_buffer()
 
@@ -462,25 +462,22 @@ class ClientConnection:
         :meth:`receive_data`, returns the data messages they complete."""
         parser = self._parser
         assert parser is not None
-        try:
-            frames = parser.payload_received(nbytes)
-        except FrameError as exc:
-            return self._parse_failed(exc)
-        return self._process_frames(frames)
+        return self._receive_frames(parser.payload_received, nbytes)
 
-    def _receive_frames(self, data: bytes) -> list[Message]:
-        parser = self._parser
-        assert parser is not None
+    def _receive_frames(
+        self, parse: Callable[[Any], list[_core.Frame]], received: Any
+    ) -> list[Message]:
+        """Messages from ``parse(received)`` (the parser's ``feed`` or ``payload_received``)."""
         try:
-            frames = parser.feed(data)
+            frames = parse(received)
         except FrameError as exc:
+            # Deliver the good messages before the bad frame, then fail the connection
+            # (§7.1.7). When there are some, the failure waits for fail_deferred(): the caller
+            # lets the application see (and answer) them first.
             return self._parse_failed(exc)
         return self._process_frames(frames)
 
     def _parse_failed(self, exc: FrameError) -> list[Message]:
-        # Deliver the good messages before the bad frame, then fail the connection (§7.1.7).
-        # When there are some, the failure waits for fail_deferred(): the caller lets the
-        # application see (and answer) them first.
         messages = self._process_frames(exc.frames) if exc.frames else []
         if self.failure is None and not self.close_received:
             if messages:

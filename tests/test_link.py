@@ -547,3 +547,18 @@ async def test_stop_while_waiting_at_the_connect_gate_opens_no_connection(hub: F
     assert time.monotonic() - started < 2  # abandoned at once, not after the 10 s grace
     assert link.status.connect_attempts == 0
     assert "gw-gated" not in hub.devices
+
+
+async def test_link_objects_stay_within_cpythons_shared_key_limit(hub: FakeHub) -> None:
+    """CPython shares one key table between the instances of a class only while the class's
+    instances have at most 29 attribute names (SHARED_KEYS_MAX_SIZE 30, one slot spent on the
+    first instance); past it every instance carries a dict of its own, ~1.5 KiB per link, which
+    ``nhlink fleet`` pays 10,000 times. A new attribute belongs in an existing component."""
+    async with NervesHubLink(**link_options(hub)) as link:
+        await link.wait_joined(10)
+        ws = link._ws
+        assert ws is not None
+        objects = [link, ws, ws._conn, link.updates, link.extensions, link.session]
+        for obj in objects:
+            names = vars(obj)
+            assert len(names) <= 29, (type(obj).__name__, len(names))

@@ -250,7 +250,6 @@ class NervesHubLink:
         except TypeError as exc:
             raise ConfigError("fwup_writer", str(exc)) from None
         self._clock = clock
-        self._rand = rand
         state_dir = self.config.state_dir
         self.store = StateStore(state_dir / f"{self.config.name}.json" if state_dir else None)
         self._signer = (
@@ -319,6 +318,7 @@ class NervesHubLink:
             initial=self.config.backoff_initial,
             maximum=self.config.backoff_max,
             jitter=self.config.backoff_jitter,
+            rand=rand,
         )
         self._status = LinkStatus()
         self._connect_gate = connect_gate
@@ -331,7 +331,8 @@ class NervesHubLink:
         self._reconnect_now = False
         self._stopping = False
         self._waiters: list[tuple[Callable[[LinkStatus], bool], asyncio.Future[LinkStatus]]] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # a dict as an ordered set: an empty dict is 64 bytes, an empty set 216 (x 10,000 links)
+        self._tasks: dict[asyncio.Task[Any], None] = {}
         self._callbacks = CallbackQueue(self.config.name, self.config.callback_timeout)
         self._abort_reason: NHLinkError | None = None  # why this side dropped the socket
         self._validated_sent = False  # firmware_validated told to the server on this join
@@ -597,12 +598,12 @@ class NervesHubLink:
 
         task = asyncio.ensure_future(runner())
         task.set_name(f"nhlink:{self.name}:{name}")
-        self._tasks.add(task)
+        self._tasks[task] = None
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             logger.error(
                 "%s: background task %s failed: %r", self.name, task.get_name(), task.exception()
@@ -627,7 +628,7 @@ class NervesHubLink:
                     logger.exception("%s: unexpected error in the connection loop", self.name)
             if self._stop_requested():
                 break
-            delay = 0.0 if self._reconnect_now else self.backoff.next_delay(self._rand())
+            delay = 0.0 if self._reconnect_now else self.backoff.next_delay()
             self._set_status(state=LinkState.WAITING, next_retry_in=delay, last_retry_delay=delay)
             if delay > 0:
                 logger.info("%s: reconnecting in %.1f s", self.name, delay)
@@ -694,21 +695,25 @@ class NervesHubLink:
         timers: list[asyncio.TimerHandle] = []
         side: list[asyncio.Task[None]] = []
         heartbeat: _Heartbeat | None = None
+        join_timer: asyncio.TimerHandle | None = None
         try:
             self._set_status(state=LinkState.CONNECTED, last_close_code=None, stable=False)
             logger.info("%s: connected to %s", self.name, self.config.url)
             # Off the critical path: a slow handle_connected never delays the join (§14.3).
             self._callbacks.put("handle_connected", self.client.handle_connected)
             await self._join_device()
-            timers.append(loop.call_later(self.config.join_timeout, self._join_overdue, ws))
+            join_timer = loop.call_later(self.config.join_timeout, self._join_overdue, ws)
             # A timer, not a task: an idle link holds one TimerHandle for its heartbeat.
             heartbeat = _Heartbeat(self, ws)
-            async for message in ws:
+            while (message := await ws.next_message()) is not None:
                 if isinstance(message, bytes):
                     logger.warning("%s: ignoring unexpected binary frame (vsn 2.0.0)", self.name)
                     continue
                 joined = await self._dispatch(message)
                 if joined:
+                    if join_timer is not None:  # not held for the connection's life
+                        join_timer.cancel()
+                        join_timer = None
                     timers.append(
                         loop.call_later(self.config.backoff_reset_after, self._connection_stable)
                     )
@@ -730,6 +735,8 @@ class NervesHubLink:
         finally:
             if heartbeat is not None:
                 heartbeat.cancel()
+            if join_timer is not None:
+                join_timer.cancel()
             for timer in timers:
                 timer.cancel()
             for task in side:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from nhlink.errors import ConfigError
@@ -33,7 +35,7 @@ def test_reset() -> None:
 @pytest.mark.parametrize(
     "kwargs", [{"initial": 0}, {"initial": 5, "maximum": 1}, {"multiplier": 0.5}, {"jitter": 2}]
 )
-def test_invalid(kwargs: dict[str, float]) -> None:
+def test_invalid(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         Backoff(**kwargs)
 
@@ -41,3 +43,9 @@ def test_invalid(kwargs: dict[str, float]) -> None:
 def test_rand_out_of_range() -> None:
     with pytest.raises(ValueError):
         Backoff().next_delay(1.5)
+
+
+def test_draws_from_its_rand_when_given_none() -> None:
+    draws = iter([0.0, 1.0, 0.5])
+    b = Backoff(initial=1, maximum=60, jitter=0.5, rand=lambda: next(draws))
+    assert [b.next_delay() for _ in range(3)] == [1.0, 3.0, 5.0]

@@ -138,6 +138,19 @@ def test_open_and_frames_in_same_chunk() -> None:
     assert conn.state == ws.OPEN
 
 
+def test_response_headers_lower_case_and_repeated_joined() -> None:
+    conn = make()
+    conn.data_to_send()
+    assert conn.response_headers == {}
+    conn.receive_data(response_101("Date: Sat, 05 Dec 2026 02:00:00 GMT\r\nX-A: 1\r\nx-a:  2 \r\n"))
+    headers = conn.response_headers
+    assert headers["date"] == "Sat, 05 Dec 2026 02:00:00 GMT"
+    assert headers["x-a"] == "1, 2"
+    assert headers["upgrade"] == "websocket"
+    headers.clear()  # a fresh dict on every access: the caller's copy
+    assert conn.response_headers["x-a"] == "1, 2"
+
+
 def test_response_split_byte_by_byte() -> None:
     conn = make()
     data = response_101() + server_frame(2, b"\x00\x01")

@@ -28,6 +28,8 @@ class Backoff:
     maximum: float = 60.0
     multiplier: float = 2.0
     jitter: float = 0.5
+    #: where :meth:`next_delay` draws its random number when given none (uniform in [0, 1))
+    rand: Callable[[], float] = field(default=random.random, repr=False, compare=False)
     attempt: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -44,8 +46,11 @@ class Backoff:
             return self.maximum
         return float(min(self.maximum, self.initial * self.multiplier**attempt))
 
-    def next_delay(self, rand: float) -> float:
-        """The next delay, with ``rand`` uniform in [0, 1). Advances the schedule."""
+    def next_delay(self, rand: float | None = None) -> float:
+        """The next delay, with ``rand`` uniform in [0, 1) (default: drawn from :attr:`rand`).
+        Advances the schedule."""
+        if rand is None:
+            rand = self.rand()
         if not 0 <= rand <= 1:
             raise ValueError("rand must be within [0, 1]")
         delay = self.base_delay(self.attempt) * (1 + self.jitter * rand)

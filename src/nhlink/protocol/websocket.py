@@ -185,6 +185,18 @@ def _window_bits(name: str, value: str | None) -> int:
     return int(value)
 
 
+def _parse_headers(lines: list[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise HandshakeError(f"malformed HTTP header line: {line[:100]!r}")
+        name = name.lower()
+        value = value.strip()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
+
+
 class ClientConnection:
     """A WebSocket client connection, sans-I/O. See the module docstring for the contract."""
 
@@ -223,7 +235,7 @@ class ClientConnection:
         self._fragments: list[bytes] = []
         self._fragment_opcode = 0
         self._fragment_compressed = False
-        self.response_headers: dict[str, str] = {}
+        self._response_head = ""  # the 101's header lines, parsed on demand (kept small)
         self.response_started = False  # any byte of the upgrade response received
         self.pongs: list[bytes] = []  # rare: a list costs less than a deque per connection
         self.close_sent = False
@@ -319,14 +331,7 @@ class ClientConnection:
         ):
             raise HandshakeError(f"malformed HTTP status line: {lines[0][:100]!r}")
         status = int(status_line[1])
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                raise HandshakeError(f"malformed HTTP header line: {line[:100]!r}")
-            name = name.lower()
-            value = value.strip()
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        headers = _parse_headers(lines[1:])
         if status != 101:
             self._error_status = status
             self._error_headers = headers
@@ -335,7 +340,9 @@ class ClientConnection:
             self._head += rest
             return self._receive_error_body()
         self._validate_upgrade(headers)
-        self.response_headers = headers
+        # An idle connection keeps one string rather than a dict of strings: ~0.5 KiB less for
+        # each of 10,000 links in one process (nhlink fleet).
+        self._response_head = head.partition("\r\n")[2]
         self._state = OPEN
         parser = self._parser = _core.FrameParser(
             max_frame_size=self._max_frame_size,
@@ -344,6 +351,12 @@ class ClientConnection:
             validate_utf8=True,
         )
         return self._receive_frames(parser.feed, rest) if rest else []
+
+    @property
+    def response_headers(self) -> dict[str, str]:
+        """The server's 101 response headers, lower-case names (empty before the upgrade).
+        A new dict on every access; repeated headers are joined with ``", "``."""
+        return _parse_headers(self._response_head.split("\r\n")) if self._response_head else {}
 
     def _receive_error_body(self, eof: bool = False) -> list[Message]:
         assert self._error_status is not None

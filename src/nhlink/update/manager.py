@@ -305,7 +305,7 @@ class UpdateManager:
         self._connection = 0  # counts lost connections: which socket a message went out on
         self._stopping = False
         self._suspend = False
-        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._side_tasks: dict[asyncio.Task[None], None] = {}  # an ordered set, 64 B empty
         #: what the running update is doing: "deciding", "downloading", "installing" (None: idle)
         self.phase: str | None = None
         #: a rescheduled update waiting to be asked again, and when (loop time)
@@ -460,8 +460,11 @@ class UpdateManager:
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+        self._side_tasks[task] = None
+        task.add_done_callback(self._forget_side_task)
+
+    def _forget_side_task(self, task: asyncio.Task[None]) -> None:
+        self._side_tasks.pop(task, None)
 
     def _cancel_reschedule(self) -> None:
         self.rescheduled = None

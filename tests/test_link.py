@@ -210,7 +210,9 @@ async def test_raising_callbacks_do_not_break_the_link(
             "ref": "r-1",
             "result": "error",
             "reason": "unsupported",
-            "output": "",
+            # §6.6: the UI shows only output and return: say why nothing ran
+            "output": "scripts are not supported on this device "
+            "(nhlink: no script handler or command list configured)",
             "return": "",
         }
         assert link.status.joined

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import instances
 from .callbacks import CallbackQueue, call_callback
@@ -40,6 +40,7 @@ from .protocol import wire
 from .protocol.auth import SharedSecretSigner
 from .protocol.backoff import Backoff
 from .protocol.channel import ChannelClosed, Joined, JoinRefused, PhoenixSession, Push, Reply
+from .remote.features import RemoteFeatures
 from .transport.proxy import select_proxy
 from .transport.tls import client_ssl_context
 from .transport.ws import WebSocket, connect
@@ -47,6 +48,10 @@ from .update.manager import UpdateManager, UpdatePolicy
 from .update.options import DownloadOptions
 from .update.state import StateStore
 from .update.writer import FwupWriter, as_writer
+
+if TYPE_CHECKING:
+    from .remote.console import ConsoleOptions
+    from .remote.scripts import ScriptOptions
 
 __all__ = ["LinkState", "LinkStatus", "NervesHubLink"]
 
@@ -238,6 +243,9 @@ class NervesHubLink:
         ssl_context: ssl.SSLContext | None = None,
         connect_gate: Callable[[], Awaitable[None]] | None = None,
         status_listener: Callable[[LinkStatus], None] | None = None,
+        console: ConsoleOptions | bool | None = None,
+        scripts: ScriptOptions | None = None,
+        network_interface: bool | str | Callable[[], str | None] = True,
         **options: Any,
     ) -> None:
         if fwup_writer is not None and firmware_writer is not None:
@@ -321,8 +329,8 @@ class NervesHubLink:
             rand=rand,
         )
         self._status = LinkStatus()
-        self._connect_gate = connect_gate
-        self._gating = False  # awaiting connect_gate: stop() may abandon the attempt
+        # [connect_gate, awaiting it now] (one attribute: see the shared-key test)
+        self._gate: list[Any] | None = [connect_gate, False] if connect_gate is not None else None
         #: called with every new status (state changes, attempts, errors); must not block
         self.status_listener = status_listener
         self._ws: WebSocket | None = None
@@ -352,12 +360,22 @@ class NervesHubLink:
                 min_reschedule_ms=round(self.config.min_reschedule_delay * 1000),
             ),
         )
+        #: support scripts, the network interface report and the console (nhlink.remote)
+        self.remote = RemoteFeatures(
+            self, scripts=scripts, console=console, network_interface=network_interface
+        )
 
     # -- public API ------------------------------------------------------------------------------
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        """This end's (host, port) of the connection to the hub; None while not connected."""
+        ws = self._ws
+        return ws.local_address if ws is not None else None
 
     @property
     def status(self) -> LinkStatus:
@@ -393,13 +411,15 @@ class NervesHubLink:
             self._wake.set()
         await self.updates.stop(suspend=suspend_update)
         await self.extensions.stop()
+        await self.remote.stop()
         task = self._task
         ws = self._ws
         if ws is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(1000, "stopping"), _CLOSE_TIMEOUT + 1)
         if task is not None:
-            if ws is None and (self._gating or self._status.state is LinkState.CONNECTING):
+            gating = self._gate is not None and self._gate[1]
+            if ws is None and (gating or self._status.state is LinkState.CONNECTING):
                 task.cancel()  # nothing to finish gracefully: abandon the connection attempt
             # Let the loop end by itself so the disconnect callbacks run to completion.
             done, _ = await asyncio.wait({task}, timeout=_STOP_GRACE)
@@ -674,12 +694,13 @@ class NervesHubLink:
         return ws
 
     async def _connect_and_serve(self) -> None:
-        if self._connect_gate is not None:
-            self._gating = True
+        gate = self._gate
+        if gate is not None:
+            gate[1] = True  # stop() may abandon the attempt
             try:
-                await self._connect_gate()
+                await gate[0]()
             finally:
-                self._gating = False
+                gate[1] = False
             if self._stop_requested():
                 return  # stopped while waiting for the gate: no connection to open
         self._set_status(
@@ -800,7 +821,12 @@ class NervesHubLink:
     async def _connection_lost(self) -> None:
         """The socket is gone (channels are reset): tell the components."""
         self._reply_handlers.clear()  # no reply can come for a message of a dead socket
-        for component, hook in ((self.extensions, "extensions"), (self.updates, "updates")):
+        components = (
+            (self.extensions, "extensions"),
+            (self.updates, "updates"),
+            (self.remote, "remote"),
+        )
+        for component, hook in components:
             try:
                 await component.connection_lost()
             except Exception:
@@ -878,6 +904,10 @@ class NervesHubLink:
         """The device channel is joined. A legacy server's reply may carry an update (§5)."""
         if isinstance(response, dict) and response.get("update_available") is True:
             await self._on_update(response)
+        try:
+            await self.remote.device_joined()
+        except Exception:
+            logger.exception("%s: remote.device_joined failed", self.name)
 
     async def _other_joined(self, event: Joined) -> None:
         handlers = self._topics.get(event.topic)
@@ -916,17 +946,5 @@ class NervesHubLink:
         self.extensions.log(level, message, **meta)
 
     async def _on_scripts_run(self, payload: Any) -> None:
-        # §6.5: answer so the server UI does not wait 15 s for a timeout.
-        ref = payload.get("ref") if isinstance(payload, dict) else None
-        with contextlib.suppress(NHLinkError):
-            await self.send(
-                wire.TOPIC_DEVICE,
-                wire.EVENT_SCRIPTS_RUN,
-                {
-                    "ref": ref,
-                    "result": "error",
-                    "reason": "unsupported",
-                    "output": "",
-                    "return": "",
-                },
-            )
+        # §6.6: every ref is answered, at once when scripts are not configured.
+        self.remote.on_scripts_run(payload)

@@ -100,9 +100,25 @@ def test_unknown_key() -> None:
 
 
 def test_headers_must_all_be_present() -> None:
-    for name in VECTOR_HEADERS:
+    for name in ("x-nh-alg", "x-nh-key", "x-nh-signature"):
         headers = {k: v for k, v in VECTOR_HEADERS.items() if k != name}
         assert reason(headers) == "missing_header"
+
+
+def test_missing_time_is_a_server_crash() -> None:
+    # The server parses x-nh-alg, then Integer.parse(nil) raises: 503, not 401 (the hub's part).
+    headers = {k: v for k, v in VECTOR_HEADERS.items() if k != "x-nh-time"}
+    with pytest.raises(_nh1.NH1Crash) as info:
+        verify(headers)
+    assert info.value.reason == "missing_time"
+    assert info.value.identifier == VECTOR_IDENTIFIER
+    # ...only once x-nh-alg has parsed; before that it is an ordinary refusal.
+    assert reason(dict(headers, **{"x-nh-alg": "NH1-HMAC-sha256-1000"})) == "bad_alg"
+    del headers["x-nh-alg"]
+    assert reason(headers) == "missing_header"
+    with pytest.raises(_nh1.NH1Error) as plain:
+        verify(headers)
+    assert not isinstance(plain.value, _nh1.NH1Crash)
 
 
 def test_time_header_is_canonicalised_for_the_salt() -> None:

@@ -126,10 +126,25 @@ def _build_extension(name: str, value: Any) -> Extension | None:
         from .geo import GeoExtension
 
         extension = GeoExtension(value)
+    elif name == "network_identity":
+        from .network_identity import NetworkIdentityExtension
+
+        extension = NetworkIdentityExtension.from_config(value)
+    elif name == "local_shell":
+        from ..remote.pty import ShellOptions
+        from ..remote.shell import LocalShellExtension
+
+        if value is True:
+            extension = LocalShellExtension()
+        elif isinstance(value, ShellOptions):
+            extension = LocalShellExtension(value)
+        else:
+            raise ConfigError(option, f"expected True or ShellOptions, not {value!r}")
     else:
         raise ConfigError(
             option,
-            f"{name!r} is not a built-in extension (health, logging, geo); "
+            f"{name!r} is not a built-in extension (health, logging, geo, local_shell, "
+            f"network_identity); "
             f"give an Extension instance, not {value!r}",
         )
     if not extension.name:

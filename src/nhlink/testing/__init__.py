@@ -1,9 +1,10 @@
 """Test support: :class:`FakeHub`, a NervesHub-compatible device endpoint for tests, demos and CI.
 
 ``FakeHub`` speaks the device side of PROTOCOL.md as the real server does (paths, ``vsn``, mTLS
-and NH1 shared-secret authentication, Phoenix v2 channels, extensions, idle timeout, drain) and
-records everything a device sends, with awaitable helpers to observe it. It verifies the wire
-protocol independently: nothing here imports nhlink's client signer, codec or protocol code.
+and NH1 shared-secret authentication, Phoenix v2 channels, extensions, console, idle timeout,
+drain) and records everything a device sends, with awaitable helpers to observe it. It verifies
+the wire protocol independently: nothing here imports nhlink's client signer, codec or protocol
+code. See docs/testing.md.
 
 :mod:`nhlink.testing.certs` builds a test PKI for mTLS (needs ``cryptography``).
 Run ``python -m nhlink.testing --help`` to serve a hub from the command line.

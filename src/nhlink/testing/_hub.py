@@ -3,13 +3,17 @@
 It reproduces what PROTOCOL.md says the real server does, checked independently of nhlink's
 client code (no imports from its signer, codec, frames or protocol modules):
 
-* §2: socket paths, ``vsn=2.0.0``, 301 for other paths, 401/403/503 answers, ``Date`` headers
-  (taken from the hub clock, so clock recovery can be tested with a frozen clock);
+* §2: socket paths, ``vsn=2.0.0``, 301 for other paths, 401/403/503 answers (the reason text as
+  header and body where the server sends one), ``Date`` headers (taken from the hub clock, so
+  clock recovery can be tested with a frozen clock);
 * §3: mTLS (subject CN) and NH1 shared-secret verification (:mod:`._nh1`, :mod:`._etf`), and
   the duplicate-identity kick (close 1001);
-* §4: Phoenix v2 JSON frames, heartbeats, "unmatched topic", duplicate joins, stale join_refs;
-* §6-§8: the ``device`` and ``extensions`` channels, status validation (an unknown status
-  "crashes" the channel with ``phx_error``), extension attach/detach;
+* §4: Phoenix v2 JSON frames (string or integer refs, echoed as sent), heartbeats, "unmatched
+  topic", duplicate joins (reply first, then ``phx_close`` for the old join_ref), stale
+  join_refs;
+* §6-§9: the ``device``, ``extensions`` and ``console`` channels, join crashes (a non-string
+  ``device_api_version``), status validation (an unknown status "crashes" the channel with
+  ``phx_error``), extension attach/detach, console events the server has no handler for;
 * §4.4/§12: idle timeout (close 1002) and drain (close 1012).
 
 All state lives on the event loop that runs the hub; the control methods must be awaited (or
@@ -39,7 +43,7 @@ from aiohttp import WSMsgType, web
 
 from nhlink.errors import ConfigError
 from nhlink.testing import _nh1
-from nhlink.testing._records import Attempt, DeviceRecord, Message
+from nhlink.testing._records import Attempt, DeviceRecord, Message, Ref
 
 __all__ = [
     "DEVICE_STATUSES",
@@ -90,6 +94,8 @@ DEVICE_EVENTS: Final = frozenset(
         "connection_types",
     }
 )
+# §9.3: the only events the server's console channel handles; anything else crashes it.
+CONSOLE_EVENTS: Final = frozenset({"up", "file-data/start", "file-data", "file-data/stop"})
 # §8: the five server-side extensions, in the order the hub lists them in the join reply.
 KNOWN_EXTENSIONS: Final = ("health", "geo", "logging", "local_shell", "network_identity")
 # §8.3-§8.7: what the server sends right after "<name>:attached".
@@ -143,6 +149,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _is_ref(value: object) -> bool:
+    """A ``join_ref``/``ref`` the hub accepts: null, a string, or an integer.
+
+    Phoenix's V2 JSON serializer does no type check (``decode_text`` destructures the list), so
+    an integer ref is stored and echoed *as an integer*; string-or-null is what PROTOCOL.md §4.1
+    prescribes and integers are what some raw clients send. Other JSON types stay refused.
+    """
+    return (
+        value is None
+        or isinstance(value, str)
+        or (isinstance(value, int) and not isinstance(value, bool))
+    )
+
+
 class _Rejected(Exception):
     def __init__(
         self,
@@ -151,6 +171,7 @@ class _Rejected(Exception):
         identifier: str | None = None,
         auth: str | None = None,
         headers: Mapping[str, str] | None = None,
+        body: str = "",
     ) -> None:
         super().__init__(reason)
         self.status = status
@@ -158,6 +179,21 @@ class _Rejected(Exception):
         self.identifier = identifier
         self.auth = auth
         self.headers = dict(headers or {})
+        self.body = body
+
+
+def _platform_unavailable(
+    reason: str, identifier: str | None = None, auth: str | None = None
+) -> _Rejected:
+    """§2.5: 503 with the "platform could not be reached" reason as header and body."""
+    return _Rejected(
+        503,
+        reason,
+        identifier,
+        auth,
+        headers={REASON_HEADER: PLATFORM_REASON},
+        body=PLATFORM_REASON,
+    )
 
 
 class _Identity:
@@ -184,7 +220,7 @@ class _Connection:
         self.identifier = record.identifier
         self.ws = ws
         self.close_timeout = close_timeout
-        self.channels: dict[str, str | None] = {}
+        self.channels: dict[str, Ref] = {}
         self.requested: dict[str, Any] = {}
         self.offered: list[str] = []
         self.attached: set[str] = set()
@@ -491,13 +527,19 @@ class FakeHub:
             return web.Response(status=403)
         try:
             if self.unavailable:
-                raise _Rejected(503, "unavailable", headers={REASON_HEADER: PLATFORM_REASON})
+                raise _platform_unavailable("unavailable")
             identity = self._authenticate(request)
         except _Rejected as rejected:
             self._attempt(
                 path, rejected.status, rejected.reason, rejected.identifier, rejected.auth
             )
-            return web.Response(status=rejected.status, headers=rejected.headers)
+            # §2.5: WebsocketConnectionError sends the reason as header *and* body (401 "no
+            # auth", 503); every other refusal is a bare 401 with an empty body.
+            return web.Response(
+                status=rejected.status,
+                headers=rejected.headers,
+                body=rejected.body.encode("utf-8"),
+            )
         ws = web.WebSocketResponse(
             timeout=self.close_timeout,
             autoping=True,
@@ -553,7 +595,9 @@ class FakeHub:
             return self._certificate_identity(request, peercert)
         if any(name.lower().startswith("x-") for name in request.headers):
             return self._shared_secret_identity(request)
-        raise _Rejected(401, "no_auth", headers={REASON_HEADER: NO_AUTH_REASON})
+        raise _Rejected(
+            401, "no_auth", headers={REASON_HEADER: NO_AUTH_REASON}, body=NO_AUTH_REASON
+        )
 
     def _certificate_identity(self, request: web.Request, peercert: Any) -> _Identity:
         # The TLS layer already did path validation against the configured CA(s): a client
@@ -588,6 +632,10 @@ class FakeHub:
         now_ms = math.floor(self.clock() * 1000)
         try:
             verified = _nh1.verify_headers(headers, secrets, now_ms=now_ms, max_age=self.max_age)
+        except _nh1.NH1Crash as exc:
+            # The server's verification raised (e.g. no x-nh-time): DeviceSocket catches it and
+            # answers "platform unavailable".
+            raise _platform_unavailable(exc.reason, exc.identifier, "shared_secret") from None
         except _nh1.NH1Error as exc:
             raise _Rejected(401, exc.reason, exc.identifier, "shared_secret") from None
         if verified.key in self._product_keys:
@@ -637,8 +685,8 @@ class FakeHub:
         valid = (
             isinstance(frame, list)
             and len(frame) == 5
-            and (frame[0] is None or isinstance(frame[0], str))
-            and (frame[1] is None or isinstance(frame[1], str))
+            and _is_ref(frame[0])
+            and _is_ref(frame[1])
             and isinstance(frame[2], str)
             and isinstance(frame[3], str)
         )
@@ -706,41 +754,66 @@ class FakeHub:
             return await self._device_event(conn, message)
         if topic == "extensions":
             return await self._extensions_event(conn, message)
-        return None  # "device:<x>" and "console" events are only recorded.
+        if topic == "console":
+            return await self._console_event(conn, message)
+        return None  # "device:<x>" events are only recorded.
 
-    async def _drop_channel(
-        self, conn: _Connection, topic: str, event: str, payload: dict[str, Any]
-    ) -> None:
-        """Remove ``topic`` and tell the device (``phx_close`` or ``phx_error``, §4.2)."""
+    def _forget_channel(self, conn: _Connection, topic: str) -> Ref:
+        """Remove ``topic`` (and the extensions state) without telling the device."""
         join_ref = conn.channels.pop(topic, None)
         if topic == "extensions":
             conn.cancel_timers()
             conn.attached.clear()
             conn.offered.clear()
+        return join_ref
+
+    async def _drop_channel(
+        self, conn: _Connection, topic: str, event: str, payload: dict[str, Any]
+    ) -> None:
+        """Remove ``topic`` and tell the device (``phx_close`` or ``phx_error``, §4.2)."""
+        join_ref = self._forget_channel(conn, topic)
         await conn.send([join_ref, join_ref, topic, event, payload])
 
     async def _join(self, conn: _Connection, message: Message) -> str | None:
         topic = message.topic
-        if topic in conn.channels:
-            # §4.2: a duplicate join closes the old channel instance first.
-            await self._drop_channel(conn, topic, "phx_close", {})
+        # §4.2, Phoenix 1.8 ``Socket.handle_in`` for a duplicate join: the old instance is shut
+        # down first, but its ``[old, old, topic, "phx_close", {}]`` is queued to the socket's
+        # own mailbox, so it goes out *after* the reply to the new join (ok or error) and before
+        # anything the new instance pushes after joining.
+        duplicate = topic in conn.channels
+        old_join_ref = self._forget_channel(conn, topic) if duplicate else None
         if topic == "device":
-            return await self._join_device(conn, message)
-        if topic == "extensions":
-            return await self._join_extensions(conn, message)
-        if topic.startswith("device:") or topic == "console":
+            rejected = await self._join_device(conn, message)
+        elif topic == "extensions":
+            rejected = await self._join_extensions(conn, message)
+        elif topic.startswith("device:") or topic == "console":
             if topic.startswith("device:"):
                 self._warn(conn, f"joined {topic!r}: the real server sends nothing on it (§6.1)")
             conn.channels[topic] = message.join_ref
             await self._reply(conn, message, "ok")
-            return None
-        await self._reply(conn, message, "error", {"reason": "unmatched topic"})
-        return "unmatched topic"
+            rejected = None
+        else:
+            await self._reply(conn, message, "error", {"reason": "unmatched topic"})
+            return "unmatched topic"
+        if duplicate:
+            await conn.send([old_join_ref, old_join_ref, topic, "phx_close", {}])
+        if topic == "device" and rejected is None:
+            await self._after_device_join(conn, message)
+        return rejected
 
     async def _join_device(self, conn: _Connection, message: Message) -> str | None:
+        """Answer a ``device`` join (the pushes that follow are :meth:`_after_device_join`)."""
         params = message.payload
         if not isinstance(params, dict):
             self._warn(conn, "device join payload is not an object")
+            await self._reply(conn, message, "error", {"reason": "join crashed"})
+            return "join crashed"
+        if "device_api_version" in params and not isinstance(params["device_api_version"], str):
+            # §6.2: a missing or unparsable version string means 1.0.0, but the server runs
+            # Version.parse/1 on whatever is present, and it has no clause for a non-string
+            # (null included): the join process crashes.
+            version = params["device_api_version"]
+            self._warn(conn, f"device_api_version {version!r} is not a string: join crashed")
             await self._reply(conn, message, "error", {"reason": "join crashed"})
             return "join crashed"
         if self.reject_joins:
@@ -761,7 +834,12 @@ class FakeHub:
             self._warn(conn, f"device join lacks {', '.join(missing)}")
         conn.channels["device"] = message.join_ref
         await self._reply(conn, message, "ok", self.legacy_update_in_join)
-        # §6.3: pushes that follow a join, in the server's order.
+        return None
+
+    async def _after_device_join(self, conn: _Connection, message: Message) -> None:
+        """§6.3: the pushes that follow a successful ``device`` join, in the server's order."""
+        params = message.payload
+        assert isinstance(params, dict)
         api = params.get("device_api_version")
         if params.get("fwup_public_keys") == "on_connect" and self.fwup_public_keys:
             await self._fastlane(conn, "fwup_public_keys", {"keys": list(self.fwup_public_keys)})
@@ -773,7 +851,6 @@ class FakeHub:
         if self.connecting_code is not None and _api_at_least(api, 2, 1, 0):
             payload = {"text": self.connecting_code, "ref": "connecting_code"}
             await conn.send([message.join_ref, None, "device", "scripts/run", payload])
-        return None
 
     async def _fastlane(self, conn: _Connection, event: str, payload: Any) -> bool:
         return await conn.send([None, None, "device", event, payload])
@@ -797,6 +874,23 @@ class FakeHub:
             self._warn(conn, f"unknown device event {event!r} (ignored by the server)")
         # §6.5: device-channel events are never answered.
         return None
+
+    async def _console_event(self, conn: _Connection, message: Message) -> str | None:
+        """§9.3: ``ConsoleChannel`` has ``handle_in`` clauses for four events only, and ``up``
+        appends ``payload["data"]`` to a string. Anything else raises in the channel process:
+        ``phx_error`` for the console join_ref, and the channel is gone."""
+        event, payload = message.event, message.payload
+        if event not in CONSOLE_EVENTS:
+            problem = f"console event {event!r} has no server handler"
+        elif event == "up" and not (
+            isinstance(payload, dict) and isinstance(payload.get("data"), str)
+        ):
+            problem = "console 'up' without a string 'data'"
+        else:
+            return None  # relayed to the browsers; never answered
+        self._warn(conn, f"{problem}: channel crashed")
+        await self._drop_channel(conn, "console", "phx_error", {"reason": "channel_crash"})
+        return "channel crashed"
 
     # ------------------------------------------------------------------------ extensions
 

@@ -13,8 +13,10 @@ the other. Steps (§3.2.4):
    apply the server's own: future ``signed_ms`` is *invalid*, older than max-age is *expired*.
 
 Every failure raises :class:`NH1Error` whose ``reason`` is a short code for diagnostics (the hub
-answers all of them with the same bare 401, as the real server does). Secrets and derived keys
-never appear in messages.
+answers all of them with the same bare 401, as the real server does), except :class:`NH1Crash`:
+a case where the server's own verification code raises instead of refusing, which its
+``DeviceSocket`` turns into 503 "platform unavailable". Secrets and derived keys never appear in
+messages.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from nhlink.testing import _etf
 
 __all__ = [
     "Algorithm",
+    "NH1Crash",
     "NH1Error",
     "Verified",
     "build_salt",
@@ -79,6 +82,16 @@ class NH1Error(Exception):
         self.identifier = identifier
 
 
+class NH1Crash(NH1Error):
+    """The server's verification *raises* here rather than refusing the credentials.
+
+    ``Authentication.authenticate`` rescues only ``ArgumentError``; anything else escapes to
+    ``DeviceSocket.authenticate``, which catches it as "platform unavailable" (503 with the
+    ``nh-connection-error-reason`` header). The one case reachable from headers alone: a
+    well-formed ``x-nh-alg`` and no ``x-nh-time`` (``Integer.parse(nil)`` has no clause).
+    """
+
+
 @dataclass(frozen=True)
 class Algorithm:
     """A parsed ``x-nh-alg`` value. ``header`` is the text exactly as received."""
@@ -89,17 +102,23 @@ class Algorithm:
     key_length: int
 
 
-def parse_alg(value: str) -> Algorithm:
-    """Parse ``NH1-HMAC-<digest>-<iterations>-<key_length>`` (digest case-insensitive)."""
+def _split_alg(value: str) -> tuple[str, int, int]:
+    """The server's ``decode_from_headers`` parse of ``x-nh-alg``: prefix, three parts, a digest
+    it knows, integer iterations and key length (no range check yet)."""
     if not value.startswith(ALG_PREFIX):
         raise NH1Error("bad_alg")
     parts = value[len(ALG_PREFIX) :].split("-")
     if len(parts) != 3 or not _INTEGER.fullmatch(parts[1]) or not _INTEGER.fullmatch(parts[2]):
         raise NH1Error("bad_alg")
     digest = _PBKDF2_DIGESTS.get(parts[0].lower())
-    iterations, key_length = int(parts[1]), int(parts[2])
     if digest is None:
         raise NH1Error("bad_alg")
+    return digest, int(parts[1]), int(parts[2])
+
+
+def parse_alg(value: str) -> Algorithm:
+    """Parse ``NH1-HMAC-<digest>-<iterations>-<key_length>`` (digest case-insensitive)."""
+    digest, iterations, key_length = _split_alg(value)
     if not 1 <= iterations <= MAX_ITERATIONS or not 1 <= key_length <= MAX_KEY_LENGTH:
         raise NH1Error("bad_alg")
     return Algorithm(value, digest, iterations, key_length)
@@ -221,14 +240,23 @@ def verify_headers(
     """Run the whole §3.2.4 check on request headers (a case-insensitive mapping).
 
     ``secret_for`` maps known, active keys to their secrets. Identity rules (product key vs
-    device key) are the caller's business.
+    device key) are the caller's business. Raises :class:`NH1Crash` (the server answers 503)
+    when ``x-nh-alg`` parses but ``x-nh-time`` is missing, checked in the server's order.
     """
     alg_value = headers.get("x-nh-alg")
     key = headers.get("x-nh-key")
     time_value = headers.get("x-nh-time")
     token = headers.get("x-nh-signature")
     hint = peek_identifier(token) if token is not None else None
-    if alg_value is None or key is None or time_value is None or token is None:
+    if alg_value is None:
+        raise NH1Error("missing_header", hint)
+    if time_value is None:
+        try:
+            _split_alg(alg_value)
+        except NH1Error:
+            raise NH1Error("bad_alg", hint) from None
+        raise NH1Crash("missing_time", hint)
+    if key is None or token is None:
         raise NH1Error("missing_header", hint)
     try:
         alg = parse_alg(alg_value)

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
-__all__ = ["Attempt", "DeviceRecord", "Message"]
+__all__ = ["Attempt", "DeviceRecord", "Message", "Ref"]
+
+#: A ``join_ref``/``ref`` as it arrived: Phoenix's V2 JSON serializer keeps an integer ref an
+#: integer (and echoes it so); string or null is what clients should send (PROTOCOL.md §4.1).
+Ref: TypeAlias = str | int | None
 
 
 @dataclass(frozen=True)
@@ -20,12 +24,13 @@ class Message:
     ``time`` is the hub clock (``FakeHub(clock=...)``); ``monotonic`` is the event loop's clock,
     for measuring intervals. ``connection`` numbers the hub's accepted sockets from 1.
     ``rejected`` says why the hub refused or dropped it (``"unmatched topic"``,
-    ``"stale join_ref"``, ``"detach"``, ``"channel crashed"``, ...); None when accepted.
+    ``"stale join_ref"``, ``"detach"``, ``"channel crashed"``, ``"join crashed"``, ...); None
+    when accepted. ``join_ref``/``ref`` keep their JSON type (an integer stays an integer).
     """
 
     identifier: str
-    join_ref: str | None
-    ref: str | None
+    join_ref: Ref
+    ref: Ref
     topic: str
     event: str
     payload: Any
@@ -76,7 +81,7 @@ class DeviceRecord:
     connections: int = 0  # accepted upgrades
     joins: int = 0  # successful joins of the "device" topic
     join_params: dict[str, Any] | None = None  # payload of the latest "device" join
-    channels: dict[str, str | None] = field(default_factory=dict)  # topic -> join_ref
+    channels: dict[str, Ref] = field(default_factory=dict)  # topic -> join_ref
     requested_extensions: dict[str, Any] = field(default_factory=dict)  # extensions join payload
     offered_extensions: list[str] = field(default_factory=list)  # the join reply array
     attached_extensions: set[str] = field(default_factory=set)

@@ -243,6 +243,14 @@ class WebSocket:
     # -- properties ------------------------------------------------------------------------------
 
     @property
+    def local_address(self) -> tuple[str, int] | None:
+        """This end's (host, port) of the TCP connection (the proxy's when tunnelled too)."""
+        if self._transport is None:
+            return None
+        sockname = self._transport.get_extra_info("sockname")
+        return (str(sockname[0]), int(sockname[1])) if isinstance(sockname, tuple) else None
+
+    @property
     def response_headers(self) -> dict[str, str]:
         """The server's 101 response headers (lower-case names)."""
         return self._conn.response_headers

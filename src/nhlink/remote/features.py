@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 EVENT_REPORT_INTERFACE: Final = "report_network_interface"
 INTERFACE_RETRY: Final = 60.0  # NHL retries every 60 s while the interface is unknown
+_NO_SCRIPTS: Final = ScriptOptions()  # one for every link (10,000 in a fleet)
 
 
 class RemoteFeatures:
@@ -33,6 +34,8 @@ class RemoteFeatures:
     unknown, asked again in 60 s); False reports nothing (a device that never reports is
     never offered a release limited to interface types, §6.9).
     """
+
+    __slots__ = ("_retry", "console", "link", "network_interface", "reported_interface", "scripts")
 
     def __init__(
         self,
@@ -47,7 +50,7 @@ class RemoteFeatures:
             raise ConfigError("scripts", f"expected ScriptOptions, not {scripts!r}")
         handler = getattr(link.client, "run_script", None)
         self.scripts = ScriptRunner(
-            scripts or ScriptOptions(), handler if callable(handler) else None, self._reply
+            scripts or _NO_SCRIPTS, handler if callable(handler) else None, self._reply
         )
         #: the console channel, None unless configured
         self.console: Console | None = None

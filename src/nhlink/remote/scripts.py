@@ -183,6 +183,8 @@ async def run_script(
 class ScriptRunner:
     """Serves one link's ``scripts/run`` requests (each in its own task, bounded)."""
 
+    __slots__ = ("_running", "_send", "handler", "options")
+
     def __init__(
         self,
         options: ScriptOptions,

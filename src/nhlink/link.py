@@ -50,7 +50,9 @@ from .update.state import StateStore
 from .update.writer import FwupWriter, as_writer
 
 if TYPE_CHECKING:
+    from .remote.archives import ArchiveOptions
     from .remote.console import ConsoleOptions
+    from .remote.keys import SigningKeys
     from .remote.scripts import ScriptOptions
 
 __all__ = ["LinkState", "LinkStatus", "NervesHubLink"]
@@ -144,6 +146,9 @@ _DEVICE_PUSHES: dict[str, str] = {
     wire.EVENT_UPDATE: "_on_update",
     wire.EVENT_EXTENSIONS_GET: "_on_extensions_get",
     wire.EVENT_SCRIPTS_RUN: "_on_scripts_run",
+    wire.EVENT_FWUP_PUBLIC_KEYS: "_on_fwup_public_keys",
+    wire.EVENT_ARCHIVE_PUBLIC_KEYS: "_on_archive_public_keys",
+    wire.EVENT_ARCHIVE: "_on_archive",
 }
 
 
@@ -246,6 +251,8 @@ class NervesHubLink:
         console: ConsoleOptions | bool | None = None,
         scripts: ScriptOptions | None = None,
         network_interface: bool | str | Callable[[], str | None] = True,
+        signing_keys: SigningKeys | None = None,
+        archives: ArchiveOptions | None = None,
         **options: Any,
     ) -> None:
         if fwup_writer is not None and firmware_writer is not None:
@@ -362,7 +369,12 @@ class NervesHubLink:
         )
         #: support scripts, the network interface report and the console (nhlink.remote)
         self.remote = RemoteFeatures(
-            self, scripts=scripts, console=console, network_interface=network_interface
+            self,
+            scripts=scripts,
+            console=console,
+            network_interface=network_interface,
+            signing_keys=signing_keys,
+            archives=archives,
         )
 
     # -- public API ------------------------------------------------------------------------------
@@ -841,6 +853,7 @@ class NervesHubLink:
             auto_revert=bool(self.writer.auto_revert_detected()) if self.writer else False,
             downloading_uuid=downloading.get("uuid"),
         )
+        params.update(self.remote.keys.join_params())  # §6.8: "on_connect" when wanted
         await self.join(wire.TOPIC_DEVICE, params)
 
     async def _dispatch(self, text: str) -> bool:
@@ -944,6 +957,15 @@ class NervesHubLink:
     def log(self, level: str | int, message: str, **meta: str) -> None:
         """Ship a log line through the ``logging`` extension when it is attached; else drop it."""
         self.extensions.log(level, message, **meta)
+
+    async def _on_fwup_public_keys(self, payload: Any) -> None:
+        await self.remote.keys_pushed("fwup", payload)
+
+    async def _on_archive_public_keys(self, payload: Any) -> None:
+        await self.remote.keys_pushed("archive", payload)
+
+    async def _on_archive(self, payload: Any) -> None:
+        self.remote.on_archive(payload)
 
     async def _on_scripts_run(self, payload: Any) -> None:
         # §6.6: every ref is answered, at once when scripts are not configured.

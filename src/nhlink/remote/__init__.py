@@ -16,23 +16,30 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .archives import ArchiveInfo, ArchiveOptions
     from .console import ConsoleOptions, safe_upload_name
+    from .keys import SigningKeys
     from .pty import PtyShell, ShellOptions, exit_status
     from .scripts import ScriptOptions, ScriptResult
     from .shell import LocalShellExtension
 
 __all__ = [
+    "ArchiveInfo",
+    "ArchiveOptions",
     "ConsoleOptions",
     "LocalShellExtension",
     "PtyShell",
     "ScriptOptions",
     "ScriptResult",
     "ShellOptions",
+    "SigningKeys",
     "exit_status",
     "safe_upload_name",
 ]
 
 _WHERE = {
+    "ArchiveInfo": "archives",
+    "ArchiveOptions": "archives",
     "ConsoleOptions": "console",
     "safe_upload_name": "console",
     "PtyShell": "pty",
@@ -40,6 +47,7 @@ _WHERE = {
     "exit_status": "pty",
     "ScriptOptions": "scripts",
     "ScriptResult": "scripts",
+    "SigningKeys": "keys",
     "LocalShellExtension": "shell",
 }
 

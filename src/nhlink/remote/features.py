@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import ConfigError, NHLinkError
 from ..protocol import wire
+from .keys import KeyRing, SigningKeys
 from .scripts import ScriptOptions, ScriptRunner
 
 if TYPE_CHECKING:
     from ..link import NervesHubLink
+    from .archives import ArchiveOptions, Archives
     from .console import Console, ConsoleOptions
 
 __all__ = ["RemoteFeatures"]
@@ -24,6 +26,7 @@ logger = logging.getLogger(__name__)
 EVENT_REPORT_INTERFACE: Final = "report_network_interface"
 INTERFACE_RETRY: Final = 60.0  # NHL retries every 60 s while the interface is unknown
 _NO_SCRIPTS: Final = ScriptOptions()  # one for every link (10,000 in a fleet)
+_NO_KEYS: Final = SigningKeys()
 
 
 class RemoteFeatures:
@@ -35,7 +38,16 @@ class RemoteFeatures:
     never offered a release limited to interface types, §6.9).
     """
 
-    __slots__ = ("_retry", "console", "link", "network_interface", "reported_interface", "scripts")
+    __slots__ = (
+        "_retry",
+        "archives",
+        "console",
+        "keys",
+        "link",
+        "network_interface",
+        "reported_interface",
+        "scripts",
+    )
 
     def __init__(
         self,
@@ -44,8 +56,27 @@ class RemoteFeatures:
         scripts: ScriptOptions | None,
         console: ConsoleOptions | bool | None,
         network_interface: bool | str | Callable[[], str | None],
+        signing_keys: SigningKeys | None = None,
+        archives: ArchiveOptions | None = None,
     ) -> None:
         self.link = link
+        if signing_keys is not None and not isinstance(signing_keys, SigningKeys):
+            raise ConfigError("signing_keys", f"expected SigningKeys, not {signing_keys!r}")
+        #: firmware and archive signing keys (§6.8)
+        self.keys = KeyRing(signing_keys or _NO_KEYS, link.store)
+        writer = link.writer
+        if writer is not None and writer.wants_public_keys:
+            self.keys.wants_fwup = True
+            writer.set_public_keys(self.keys.keys("fwup"))
+        #: archive offers (§6.7), None unless configured
+        self.archives: Archives | None = None
+        if archives is not None:
+            from .archives import ArchiveOptions, Archives
+
+            if not isinstance(archives, ArchiveOptions):
+                raise ConfigError("archives", f"expected ArchiveOptions, not {archives!r}")
+            self.archives = Archives(link, archives)
+            self.keys.wants_archive = archives.verify is not None
         if scripts is not None and not isinstance(scripts, ScriptOptions):
             raise ConfigError("scripts", f"expected ScriptOptions, not {scripts!r}")
         handler = getattr(link.client, "run_script", None)
@@ -80,6 +111,24 @@ class RemoteFeatures:
         with contextlib.suppress(NHLinkError):
             await self.link.send(wire.TOPIC_DEVICE, wire.EVENT_SCRIPTS_RUN, payload)
 
+    # -- signing keys (§6.8) ----------------------------------------------------------------------
+
+    async def keys_pushed(self, kind: str, payload: Any) -> None:
+        if not self.keys.pushed(kind, payload):
+            return
+        writer = self.link.writer
+        if kind == "fwup" and writer is not None and writer.wants_public_keys:
+            writer.set_public_keys(self.keys.keys("fwup"))
+        await self.link.store.asave()
+
+    # -- archives (§6.7) -----------------------------------------------------------------------
+
+    def on_archive(self, payload: Any) -> None:
+        if self.archives is not None:
+            self.archives.offered(payload)
+        else:
+            logger.debug("%s: archive offered; archives are not configured", self.link.name)
+
     # -- joins and losses -----------------------------------------------------------------------
 
     async def device_joined(self) -> None:
@@ -98,6 +147,8 @@ class RemoteFeatures:
     async def stop(self) -> None:
         await self.connection_lost()
         await self.scripts.cancel()
+        if self.archives is not None:
+            await self.archives.stop()
         if self.console is not None:
             await self.console.stop()
 

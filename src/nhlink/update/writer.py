@@ -19,7 +19,7 @@ passed only when resuming, and only to writers with ``supports_resume = True``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["FwupWriter", "as_writer", "can_read_back"]
@@ -46,6 +46,15 @@ class FwupWriter:
     #: True if the image is installed while it streams in (SWUpdate, fwup on stdin): progress
     #: is then reported to the server as ``updating`` only (PROTOCOL.md §7.3).
     streams_install: bool = False
+    #: True if the writer verifies image signatures with the organisation's signing keys
+    #: (fwup): nhlink then asks the server for them when none are provisioned (PROTOCOL.md
+    #: §6.8) and passes them with :meth:`set_public_keys`.
+    wants_public_keys: bool = False
+
+    def set_public_keys(self, keys: Sequence[str]) -> None:
+        """The firmware signing keys nhlink holds (provisioned, or pushed by the server): Ed25519
+        keys as base64 and possibly PEM text side by side; keep what you can use. Called at
+        start and whenever they change."""
 
     def set_progress_reporter(self, report: Callable[[int], None] | None) -> None:
         """nhlink passes a function to call (on the event loop) with the install progress,
@@ -122,6 +131,7 @@ _METHODS = (
     "is_confirmed",
     "auto_revert_detected",
     "set_progress_reporter",
+    "set_public_keys",
 )
 
 
@@ -139,6 +149,7 @@ class _DuckWriter(FwupWriter):
                 setattr(self, name, method)  # the bound method itself: async stays async
         self.supports_resume = bool(getattr(obj, "supports_resume", False))
         self.streams_install = bool(getattr(obj, "streams_install", False))
+        self.wants_public_keys = bool(getattr(obj, "wants_public_keys", False))
 
     def __repr__(self) -> str:
         return f"<writer {self.wrapped!r}>"

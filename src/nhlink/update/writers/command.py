@@ -42,10 +42,17 @@ class CommandWriter(FwupWriter):
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         finish_timeout: float = 3600.0,
+        public_keys: bool | None = None,
     ) -> None:
         if not argv:
             raise ValueError("CommandWriter needs a command")
         self.argv = list(argv)
+        #: pass the firmware signing keys as ``--public-key KEY`` (fwup's option, one per
+        #: Ed25519 key, as nerves_hub_link does); None: only when the command is fwup
+        self.wants_public_keys = (
+            os.path.basename(self.argv[0]) == "fwup" if public_keys is None else public_keys
+        )
+        self.public_keys: list[str] = []
         self.cwd = cwd
         self.env = dict(env) if env is not None else None
         self.finish_timeout = finish_timeout
@@ -59,6 +66,11 @@ class CommandWriter(FwupWriter):
         if offset:  # never asked: supports_resume is False
             raise WriterError("CommandWriter cannot resume at an offset")
         argv = [a.replace("{size}", str(size)) for a in self.argv]
+        if self.wants_public_keys:
+            if not self.public_keys:
+                logger.warning("%s: no firmware signing keys held: signatures unchecked", argv[0])
+            for key in self.public_keys:
+                argv += ["--public-key", key]
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -73,6 +85,12 @@ class CommandWriter(FwupWriter):
             raise WriterError(f"cannot start {argv[0]}: {exc}") from exc
         self._stderr.clear()
         self._stderr_task = asyncio.create_task(self._collect_stderr(self._proc))
+
+    def set_public_keys(self, keys: Sequence[str]) -> None:
+        """Keep the Ed25519 keys (fwup's form); PEM keys are not fwup's."""
+        from ...remote.keys import ed25519_keys
+
+        self.public_keys = ed25519_keys(keys)
 
     async def _collect_stderr(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None

@@ -366,3 +366,37 @@ async def test_plain_log_lines_without_the_journal(
 
 def test_child_env_has_no_systemd_variables() -> None:
     assert "NOTIFY_SOCKET" not in CHILD_ENV and "JOURNAL_STREAM" not in CHILD_ENV
+
+
+async def test_console_and_scripts_from_the_configuration_file(
+    hub: FakeHub, setup: Setup, agents: Callable[..., Agent]
+) -> None:
+    """A gateway operator turns remote access on in the TOML file, no Python: the console
+    runs a shell, an allow-listed script answers, the interface is reported."""
+    doc = setup.doc(
+        setup.device(
+            "gw-0001",
+            shell={"command": ["/bin/sh", "-i"], "env": {"PS1": "$ "}},
+            console={"enabled": True},
+            scripts={"commands": {"hello": ["/bin/echo", "hello from the gateway"]}},
+        )
+    )
+    setup.write(doc)
+    agents().start()
+    await hub.wait_for_device("gw-0001", timeout=30)
+    await hub.wait_for(lambda: "console" in hub.devices["gw-0001"].channels, timeout=30)
+    report = await hub.wait_for_message(
+        "gw-0001", topic="device", event="report_network_interface", timeout=30
+    )
+    assert report.payload == {"interface": "lo"}
+    assert await hub.run_script("gw-0001", "hello", ref="agent-1")
+    answer = await hub.wait_for_message("gw-0001", topic="device", event="scripts/run", timeout=30)
+    assert answer.payload["output"] == "hello from the gateway\n"
+    assert answer.payload["result"] == "completed" and answer.payload["return"] == "0"
+    assert await hub.push("gw-0001", "console", "dn", {"data": "echo agent-$((20+22))\r"})
+
+    def console() -> str:
+        ups = hub.devices["gw-0001"].messages_for("console", "up")
+        return "".join(m.payload["data"] for m in ups)
+
+    await hub.wait_for(lambda: "agent-42" in console(), timeout=30)

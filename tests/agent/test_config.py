@@ -399,3 +399,62 @@ def test_example_is_in_the_package() -> None:
 
     assert (Path(next(iter(nhlink.agent.__path__))) / "data" / "nhlink.example.toml").is_file()
     assert os.access(Path(next(iter(nhlink.agent.__path__))) / "data" / "nhlink.service", os.R_OK)
+
+
+def test_remote_access_sections_build_the_link_options(fake_setup: Setup) -> None:
+    inbox = fake_setup.root / "inbox"
+    inbox.mkdir()
+    archives = fake_setup.root / "archives"
+    archives.mkdir()
+    doc = fake_setup.doc(
+        fake_setup.device(
+            "gw-r",
+            network_interface="wwan0",
+            extensions={"local_shell": True, "network_identity": True},
+            shell={"command": ["/bin/sh", "-i"], "idle_timeout": 600, "env": {"A": "b"}},
+            console={"upload_dir": str(inbox), "idle_timeout": 120},
+            scripts={"commands": {"uptime": ["uptime"], "disk": "df -h"}, "timeout": 5},
+            signing_keys={"fwup": ["AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="]},
+            archives={"directory": str(archives), "keep": 2},
+        )
+    )
+    spec = load(fake_setup.write(doc)).devices[0]
+    options = spec.remote_options()
+    shell = options["extensions"]["local_shell"]
+    assert shell.command == ["/bin/sh", "-i"] and shell.idle_timeout == 600
+    assert shell.env == {"A": "b"}
+    assert options["extensions"]["network_identity"] is True
+    console = options["console"]
+    assert console.upload_dir == inbox and console.shell.idle_timeout == 120
+    assert options["scripts"].commands == {"uptime": ["uptime"], "disk": ["/bin/sh", "-c", "df -h"]}
+    assert options["signing_keys"].fwup == ["AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="]
+    assert options["archives"].directory == archives and options["archives"].keep == 2
+    assert spec.link_options["network_interface"] == "wwan0"
+    # Nothing of it without the sections: remote access stays off.
+    plain = load(fake_setup.write(fake_setup.doc())).devices[0].remote_options()
+    assert plain == {"extensions": {}}
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "key", "message"),
+    [
+        ("shell", {"max_sessions": 0}, "device[0].shell.max_sessions", "at least 1"),
+        (
+            "console",
+            {"upload_dir": "/nonexistent/inbox"},
+            "device[0].console.upload_dir",
+            "no such",
+        ),
+        ("scripts", {"timeout": 20}, "device[0].scripts.timeout", "15"),
+        ("archives", {"directory": "/nonexistent"}, "device[0].archives.directory", "no such"),
+        ("console", {"colour": True}, "device[0].console.colour", "unknown key"),
+    ],
+)
+def test_remote_access_errors_name_the_key(
+    fake_setup: Setup, section: str, value: dict[str, Any], key: str, message: str
+) -> None:
+    doc = fake_setup.doc(fake_setup.device("gw-r", **{section: value}))
+    with pytest.raises(AgentConfigError) as info:
+        load(fake_setup.write(doc))
+    assert info.value.key == key, str(info.value)
+    assert message in info.value.message, str(info.value)

@@ -422,3 +422,24 @@ def test_missing_device_certificates_are_named_before_anything_starts(tmp_path: 
     )
     with pytest.raises(FleetError, match=r"2 certificate files missing, e\.g\. .*sim-00002\.crt"):
         Fleet(opts)
+
+
+async def test_steady_cpu_is_measured_after_the_one_time_work_of_the_joins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The steady window starts STEADY_AFTER s after every device joined (past the links'
+    backoff-reset timers) and is only reported when the fleet ran that long."""
+    import nhlink.fleet.sim as sim
+
+    monkeypatch.setattr(sim, "STEADY_AFTER", 0.2)
+    async with new_hub() as hub:
+        fleet = Fleet(options(hub, 4, heartbeat_interval=0.1))
+        run = asyncio.create_task(fleet.run())
+        await fleet.wait_until(lambda: fleet.counters["joins"] >= 4, timeout=20)
+        await hub.wait_for(lambda: fleet.steady is not None, timeout=10)  # heartbeats wake it
+        await hub.wait_for(lambda: all(r.heartbeats >= 3 for r in hub.devices.values()))
+        fleet.stop()
+        summary = await run
+    process = summary["process"]
+    assert 0 < process["steady_window_s"] < process["idle_window_s"]
+    assert 0 <= process["steady_cpu_percent"] < 100

@@ -309,3 +309,18 @@ async def test_send_file_to_the_console(hub: FakeHub, tmp_path: Path) -> None:
 )  # fmt: skip
 def test_safe_upload_name(name: Any, ok: bool) -> None:
     assert (safe_upload_name(name) is not None) is ok
+
+
+async def test_console_idle_timeout_ends_the_shell_and_input_starts_a_new_one(
+    hub: FakeHub,
+) -> None:
+    quick = ShellOptions(command=["/bin/sh", "-i"], env={"PS1": "$ "}, idle_timeout=0.3)
+    async with make_link(hub, console=ConsoleOptions(shell=quick)) as link:
+        await link.wait_joined(10)
+        await hub.wait_for(lambda: "console" in hub.devices[DEVICE].channels)
+        await dn(hub, "echo one-$((0+1))\r")
+        await wait_console(hub, "one-1")
+        await wait_console(hub, "Session timeout")
+        await wait_console(hub, "shell exited")
+        await dn(hub, "echo two-$((1+1))\r")
+        await wait_console(hub, "two-2")

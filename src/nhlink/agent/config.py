@@ -204,6 +204,7 @@ LINK_KEYS: dict[str, Check] = {
     "extra_join_params": _table,
     "proxy": _str,
     "no_proxy": _str,
+    "network_interface": lambda k, v: v if isinstance(v, bool) else _str(k, v),
     **dict.fromkeys(_TIMERS, _num),
 }
 
@@ -252,7 +253,51 @@ DOWNLOAD_KEYS: dict[str, Check] = {
     "no_proxy": _str,
 }
 
-EXTENSION_KEYS: dict[str, Check] = {"health": _bool, "logging": _bool}
+EXTENSION_KEYS: dict[str, Check] = {
+    "health": _bool,
+    "logging": _bool,
+    "local_shell": _bool,
+    "network_identity": _bool,
+}
+
+# Remote access (docs/remote.md); every section is off unless present and enabled.
+SHELL_KEYS: dict[str, Check] = {
+    "command": _command,
+    "user": _str,
+    "group": _str,
+    "cwd": _path,
+    "env": _str_table,
+    "inherit_env": _bool,
+    "term": _str,
+    "idle_timeout": _num,
+    "max_sessions": _int,
+}
+CONSOLE_KEYS: dict[str, Check] = {
+    "enabled": _bool,
+    "upload_dir": _path,
+    "max_upload": _int,
+    "overwrite": _bool,
+    "max_download": _int,
+    "idle_timeout": _num,
+}
+SCRIPT_KEYS: dict[str, Check] = {
+    "commands": lambda k, v: {n: _command(f"{k}.{n}", c) for n, c in _table(k, v).items()},
+    "timeout": _num,
+    "max_output": _int,
+    "max_running": _int,
+}
+KEY_KEYS: dict[str, Check] = {
+    "fwup": _strs,
+    "archive": _strs,
+    "request_fwup": _bool,
+    "request_archive": _bool,
+}
+ARCHIVE_KEYS: dict[str, Check] = {
+    "directory": _path,
+    "verify": lambda k, v: None if v is False else _command(k, v),
+    "keep": _int,
+    "max_size": _int,
+}
 
 AGENT_KEYS: dict[str, Check] = {
     "control_socket": _path,
@@ -295,6 +340,11 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "firmware": FIRMWARE_KEYS,
     "download": DOWNLOAD_KEYS,
     "extensions": EXTENSION_KEYS,
+    "shell": SHELL_KEYS,
+    "console": CONSOLE_KEYS,
+    "scripts": SCRIPT_KEYS,
+    "signing_keys": KEY_KEYS,
+    "archives": ARCHIVE_KEYS,
 }
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -348,9 +398,16 @@ class DeviceSpec:
     extensions: dict[str, bool]
     identity: str
     url: str
+    #: [shell] [console] [scripts] [signing_keys] [archives], checked
+    remote: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def download_options(self) -> DownloadOptions:
         return DownloadOptions(**self.download)
+
+    def remote_options(self) -> dict[str, Any]:
+        """NervesHubLink options for the remote-access sections (``extensions`` among them:
+        the local shell and network identity)."""
+        return remote_options(self.extensions, self.remote, self.download_options())
 
 
 @dataclass(frozen=True)
@@ -777,6 +834,7 @@ def _device(
     merged["firmware_meta"] = loader.firmware_meta(f"{where}.firmware", sections["firmware"])
     if "host" not in merged:
         raise loader.error(f"{where}.host", "is required (the NervesHub device endpoint)")
+    interface = merged.pop("network_interface", None)  # a NervesHubLink option, not config
     try:
         link = LinkConfig.build(**merged)
     except ConfigError as exc:
@@ -785,6 +843,8 @@ def _device(
         if option.startswith("firmware_meta"):
             option = "firmware" + option[len("firmware_meta") :]
         raise loader.error(f"{where}.{option}", message) from None
+    if interface is not None:
+        merged["network_interface"] = interface
     hooks = sections["hooks"]
     update = sections["update"]
     try:
@@ -814,6 +874,11 @@ def _device(
         download = DownloadOptions(**sections["download"])
     except ConfigError as exc:
         raise loader.error(f"{where}.download.{exc.option}", str(exc).split(": ", 1)[-1]) from None
+    remote = {key: sections[key] for key in _REMOTE_SECTIONS if sections.get(key)}
+    try:
+        remote_options(sections["extensions"], remote, download)
+    except ConfigError as exc:
+        raise loader.error(f"{where}.{exc.option}", str(exc).split(": ", 1)[-1]) from None
     del download
     return DeviceSpec(
         index=index,
@@ -837,4 +902,51 @@ def _device(
         extensions=sections["extensions"],
         identity=link.identity,
         url=link.url,
+        remote=remote,
     )
+
+
+_REMOTE_SECTIONS = ("shell", "console", "scripts", "signing_keys", "archives")
+
+
+def remote_options(
+    extensions: Mapping[str, bool],
+    remote: Mapping[str, Mapping[str, Any]],
+    download: DownloadOptions,
+) -> dict[str, Any]:
+    """The remote-access sections as NervesHubLink options; raises ConfigError (the option
+    named as ``section.key``)."""
+    from ..remote.archives import ArchiveOptions
+    from ..remote.console import ConsoleOptions
+    from ..remote.keys import SigningKeys
+    from ..remote.pty import ShellOptions
+    from ..remote.scripts import ScriptOptions
+
+    def build(section: str, cls: Any, values: Mapping[str, Any]) -> Any:
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            option = exc.option.split(".", 1)[-1]
+            raise ConfigError(f"{section}.{option}", str(exc).split(": ", 1)[-1]) from None
+
+    shell_values = dict(remote.get("shell", {}))
+    out: dict[str, Any] = {"extensions": {}}
+    shell = build("shell", ShellOptions, shell_values)
+    if extensions.get("local_shell"):
+        out["extensions"]["local_shell"] = shell
+    if extensions.get("network_identity"):
+        out["extensions"]["network_identity"] = True
+    console = dict(remote.get("console", {}))
+    if console.pop("enabled", bool(console)):
+        idle = console.pop("idle_timeout", shell_values.get("idle_timeout", 300.0))
+        console_shell = build("shell", ShellOptions, {**shell_values, "idle_timeout": idle})
+        out["console"] = build("console", ConsoleOptions, {**console, "shell": console_shell})
+    if remote.get("scripts"):
+        out["scripts"] = build("scripts", ScriptOptions, remote["scripts"])
+    if remote.get("signing_keys"):
+        out["signing_keys"] = build("signing_keys", SigningKeys, remote["signing_keys"])
+    if remote.get("archives"):
+        out["archives"] = build(
+            "archives", ArchiveOptions, {**remote["archives"], "download": download}
+        )
+    return out

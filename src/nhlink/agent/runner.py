@@ -94,7 +94,9 @@ class LockedWriter(FwupWriter):
         self.lock = lock
         self.supports_resume = inner.supports_resume
         self.streams_install = inner.streams_install
+        self.wants_public_keys = inner.wants_public_keys
         for name in (
+            "set_public_keys",
             "fwup_chunk",
             "fwup_sync",
             "fwup_read",
@@ -320,6 +322,8 @@ class Device:
                 extensions["health"] = True
         if spec.extensions.get("logging"):
             extensions["logging"] = True
+        remote = spec.remote_options()
+        extensions.update(remote.pop("extensions"))
         self.client = AgentClient(self)
         options = dict(spec.link_options)
         Path(options["state_dir"]).mkdir(parents=True, exist_ok=True)
@@ -328,6 +332,7 @@ class Device:
             fwup_writer=writer,
             extensions=extensions,
             download_options=spec.download_options(),
+            **remote,
             **options,
         )
         self.tasks: set[asyncio.Task[Any]] = set()

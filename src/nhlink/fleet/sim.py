@@ -302,6 +302,7 @@ class SimDevice:
                 fleet.joined_now += 1
                 if fleet.joined_now == len(fleet.devices) and fleet.all_joined is None:
                     fleet.all_joined = _Sample.now(fleet.clock())
+                    fleet.mark_steady_later()
                 fleet.count("joins")
             if previous is LinkState.JOINED:
                 fleet.joined_now -= 1
@@ -331,6 +332,9 @@ class Fleet:
         self.last_join_at: float | None = None
         self.joined_now = 0  # devices joined at this moment
         self.all_joined: _Sample | None = None  # when every device was first joined at once
+        #: ``STEADY_AFTER`` s later, if every device was still joined: the one-time work after
+        #: a join (the backoff-reset timer, the first status changes) is over by then
+        self.steady: _Sample | None = None
         index, count = options.shard
         self.numbers = shard_range(options.devices, index, count)
         self.devices = [
@@ -448,6 +452,13 @@ class Fleet:
                 await self._boot_counted(device)
         finally:
             device.rebooting = False
+
+    def mark_steady_later(self) -> None:
+        asyncio.get_running_loop().call_later(STEADY_AFTER, self._mark_steady)
+
+    def _mark_steady(self) -> None:
+        if self.joined_now == len(self.devices) and not self.stopping:
+            self.steady = _Sample.now(self.clock())
 
     def count(self, name: str) -> None:
         """Add one to counter ``name`` and wake :meth:`wait_until` callers."""
@@ -625,9 +636,14 @@ class Fleet:
             "process": {
                 "cpu_s": round(cpu_s, 3),
                 "max_rss_kib": rss_kib,
-                **_footprint(len(self.devices), start, self.all_joined, end),
+                **_footprint(len(self.devices), start, self.all_joined, end, self.steady),
             },
         }
+
+
+#: seconds after every device joined when the steady (heartbeats only) window begins: past
+#: the links' backoff-reset timer (30 s after a join) with a margin
+STEADY_AFTER = 35.0
 
 
 @dataclass(frozen=True)
@@ -654,10 +670,16 @@ def _rss_kib() -> int:
 
 
 def _footprint(
-    devices: int, start: _Sample | None, joined: _Sample | None, end: _Sample | None
+    devices: int,
+    start: _Sample | None,
+    joined: _Sample | None,
+    end: _Sample | None,
+    steady: _Sample | None = None,
 ) -> dict[str, Any]:
-    """Memory per device (resident growth from the start to the end, all devices up) and the
-    idle CPU between "all joined" and the end (heartbeats only, when no events were injected)."""
+    """Memory per device (resident growth from the start to the end, all devices up), the
+    idle CPU between "all joined" and the end (heartbeats only, when no events were injected,
+    plus the one-time work after the last joins), and the steady CPU from ``STEADY_AFTER`` s
+    after "all joined" to the end (heartbeats only)."""
     if start is None or end is None:
         return {}
     out: dict[str, Any] = {
@@ -671,6 +693,10 @@ def _footprint(
         if window > 0:
             out["idle_window_s"] = round(window, 3)
             out["idle_cpu_percent"] = round(100 * (end.cpu - joined.cpu) / window, 3)
+    if steady is not None and end.time > steady.time:
+        window = end.time - steady.time
+        out["steady_window_s"] = round(window, 3)
+        out["steady_cpu_percent"] = round(100 * (end.cpu - steady.cpu) / window, 3)
     return out
 
 
@@ -733,6 +759,7 @@ def _merged_process(parts: list[Mapping[str, Any]], devices: list[int]) -> dict[
     if all("kib_per_device" in p for p in parts):
         growth = sum(p["kib_per_device"] * n for p, n in zip(parts, devices, strict=True))
         out["kib_per_device"] = round(growth / sum(devices), 2)
-    if all("idle_cpu_percent" in p for p in parts):
-        out["idle_cpu_percent_sum"] = round(sum(p["idle_cpu_percent"] for p in parts), 3)
+    for key in ("idle_cpu_percent", "steady_cpu_percent"):
+        if all(key in p for p in parts):
+            out[f"{key}_sum"] = round(sum(p[key] for p in parts), 3)
     return out

@@ -105,7 +105,6 @@ class Console:
         self._shell: PtyShell | None = None
         self._size = (24, 80)
         self._uploads: dict[str, _Upload] = {}
-        self._idle: asyncio.TimerHandle | None = None
         self._rejoin: asyncio.TimerHandle | None = None
         self._send_lock = asyncio.Lock()
         self._tasks: dict[asyncio.Task[Any], None] = {}
@@ -215,7 +214,14 @@ class Console:
         if not limit.acquire(self):
             await self._up(f"\r\n*** at most {limit.maximum} remote shell(s) at once ***\r\n")
             return None
-        shell = PtyShell(options, self._up, self._exited, rows=self._size[0], cols=self._size[1])
+        shell = PtyShell(
+            options,
+            self._up,
+            self._exited,
+            rows=self._size[0],
+            cols=self._size[1],
+            on_idle=self._idle_notice,
+        )
         try:
             await shell.start()
         except OSError as exc:
@@ -224,7 +230,6 @@ class Console:
             return None
         self._shell = shell
         log_session_start(self.link.name, "console", shell, "a console user")
-        self._arm_idle()
         return shell
 
     async def _exited(self, status: int) -> None:
@@ -236,9 +241,6 @@ class Console:
     def _forget(self, shell: PtyShell, why: str) -> None:
         if self._shell is shell:
             self._shell = None
-            if self._idle is not None:
-                self._idle.cancel()
-                self._idle = None
             SessionLimit.of(self.link, self.options.shell.max_sessions).release(self)
             log_session_end(self.link.name, "console", shell, why)
 
@@ -248,22 +250,8 @@ class Console:
             self._forget(shell, why)
             await shell.terminate()
 
-    def _arm_idle(self) -> None:
-        timeout = self.options.shell.idle_timeout
-        shell = self._shell
-        if timeout is None or shell is None:
-            return
-        remaining = shell.last_activity + timeout - time.monotonic()
-        if remaining > 0:
-            self._idle = asyncio.get_running_loop().call_later(remaining, self._arm_idle)
-            return
-        self._idle = None
-        self._spawn(self._idle_end(shell))
-
-    async def _idle_end(self, shell: PtyShell) -> None:
-        if self._shell is shell:
-            await self._up("\r\n*** Session timeout: shell ended; type to start a new one ***\r\n")
-            await self._end_shell("idle timeout")
+    async def _idle_notice(self) -> None:
+        await self._up("\r\n*** Session timeout: shell ended; type to start a new one ***\r\n")
 
     # -- uploads --------------------------------------------------------------------------------
 

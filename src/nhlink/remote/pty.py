@@ -128,10 +128,14 @@ class PtyShell:
         *,
         rows: int = 24,
         cols: int = 80,
+        on_idle: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.options = options
         self._on_output = on_output
         self._on_exit = on_exit
+        self._on_idle = on_idle  # awaited before an idle shell is ended (a notice)
+        self._idle: asyncio.TimerHandle | None = None
+        self._ending: asyncio.Task[None] | None = None
         self._size = (rows, cols)
         self._master = -1
         self._proc: asyncio.subprocess.Process | None = None
@@ -192,6 +196,27 @@ class PtyShell:
         loop = asyncio.get_running_loop()
         self._resume_reading(loop)
         self._pump = loop.create_task(self._run(), name=f"nhlink:pty:{self._proc.pid}")
+        self._arm_idle()
+
+    def _arm_idle(self) -> None:
+        """End the shell after ``idle_timeout`` s without input or output."""
+        self._idle = None
+        timeout = self.options.idle_timeout
+        if timeout is None or self.returncode is not None or self._master < 0:
+            return
+        remaining = self.last_activity + timeout - time.monotonic()
+        loop = asyncio.get_running_loop()
+        if remaining > 0:
+            self._idle = loop.call_later(remaining, self._arm_idle)
+        else:
+            self._ending = loop.create_task(self._idle_expired(timeout))
+
+    async def _idle_expired(self, timeout: float) -> None:
+        logger.info("shell %s: no input or output for %g s: ending it", self.pid, timeout)
+        if self._on_idle is not None:
+            with contextlib.suppress(Exception):
+                await self._on_idle()
+        await self.terminate()
 
     # -- input ------------------------------------------------------------------------------------
 
@@ -336,6 +361,9 @@ class PtyShell:
             await self._on_exit(exit_status(self.returncode if self.returncode is not None else 0))
 
     def _close_master(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         if self._master < 0:
             return
         self._pause_reading()

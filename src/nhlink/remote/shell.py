@@ -19,10 +19,8 @@ status, byte counts), never its keystrokes or output.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
-import time
 from typing import Any
 
 from ..extensions.extension import Extension, ExtensionContext
@@ -44,9 +42,7 @@ class LocalShellExtension(Extension):
         self.options = options or ShellOptions()
         self._shell: PtyShell | None = None
         self._size = (24, 80)
-        self._idle: asyncio.TimerHandle | None = None
         self._limit: SessionLimit | None = None
-        self._ending: asyncio.Task[None] | None = None
 
     @property
     def shell(self) -> PtyShell | None:
@@ -93,7 +89,12 @@ class LocalShellExtension(Extension):
             await self.send("request_status", {"status": "failed", "reason": reason})
             return
         shell = PtyShell(
-            self.options, self._output, self._exited, rows=self._size[0], cols=self._size[1]
+            self.options,
+            self._output,
+            self._exited,
+            rows=self._size[0],
+            cols=self._size[1],
+            on_idle=self._idle_notice,
         )
         try:
             await shell.start()
@@ -106,7 +107,6 @@ class LocalShellExtension(Extension):
         self._shell = shell
         log_session_start(link_name, "local_shell", shell, "the server (request_shell)")
         await self.send("request_status", {"status": "started"})
-        self._arm_idle()
 
     async def _output(self, text: str) -> None:
         await self.send("shell_output", {"data": text})
@@ -121,9 +121,6 @@ class LocalShellExtension(Extension):
     def _forget(self, shell: PtyShell, why: str) -> None:
         if self._shell is shell:
             self._shell = None
-            if self._idle is not None:
-                self._idle.cancel()
-                self._idle = None
             if self._limit is not None:
                 self._limit.release(self)
             assert self.context is not None
@@ -136,24 +133,8 @@ class LocalShellExtension(Extension):
         await shell.terminate()
         self._forget(shell, why)
 
-    def _arm_idle(self) -> None:
-        timeout = self.options.idle_timeout
-        shell = self._shell
-        if timeout is None or shell is None:
-            return
-        remaining = shell.last_activity + timeout - time.monotonic()
-        loop = asyncio.get_running_loop()
-        if remaining > 0:
-            self._idle = loop.call_later(remaining, self._arm_idle)
-            return
-        self._idle = None
-        logger.info("local_shell: no activity for %g s, ending the shell", timeout)
-        self._ending = loop.create_task(self._idle_end(shell))
-
-    async def _idle_end(self, shell: PtyShell) -> None:
-        if self._shell is shell:
-            await self.send("shell_output", {"data": "\r\n*** idle timeout: shell ended ***\r\n"})
-            await shell.terminate()
+    async def _idle_notice(self) -> None:
+        await self.send("shell_output", {"data": "\r\n*** idle timeout: shell ended ***\r\n"})
 
 
 def _dimension(value: object) -> bool:

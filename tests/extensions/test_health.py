@@ -9,11 +9,18 @@ from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nhlink.extensions import HealthExtension, HealthProvider, build_report, sanitize_metrics
+from nhlink.extensions import (
+    HealthExtension,
+    HealthProvider,
+    LinuxHealthProvider,
+    build_report,
+    sanitize_metrics,
+)
 from nhlink.extensions.health import ALARM_CHECK_FAILED, CHECK_PROVIDER
 
 from ._support import DEVICE, make_hub, running_link, wait_count, wait_ext
@@ -290,3 +297,24 @@ def test_sanitize_metrics_and_build_report() -> None:
         "checks": {},
         "connectivity": {},
     }
+
+
+async def test_the_hub_interface_is_reported_connected_to_the_internet(tmp_path: Path) -> None:
+    """connectivity (§8.3) from sysfs, and the interface of the hub connection (the link's
+    interface report, §6.9) marked ``internet`` as nerves_hub_link does."""
+    sysfs = tmp_path / "sys"
+    for name, state in (("eth0", "up"), ("wlan0", "up")):
+        iface = sysfs / "class" / "net" / name
+        iface.mkdir(parents=True)
+        (iface / "operstate").write_text(state + "\n")
+        (iface / "carrier").write_text("1\n")
+    provider = LinuxHealthProvider(sys=sysfs)
+    async with (
+        make_hub({"health"}) as hub,
+        running_link(hub, {"health": provider}, network_interface="wlan0"),
+    ):
+        await wait_ext(hub, "health:report")
+        connectivity = hub.devices[DEVICE].health_reports[0]["connectivity"]
+        assert connectivity["wlan0"]["connection_status"] == "internet"
+        assert connectivity["wlan0"]["type"] == "wifi"
+        assert connectivity["eth0"]["connection_status"] == "lan"

@@ -149,3 +149,42 @@ def test_real_proc_and_sys() -> None:
         if "cpu_temp" in metrics:  # absent on most VMs and containers
             assert -50 < metrics["cpu_temp"] < 150
     assert second["uptime"] >= first["uptime"]
+
+
+def net_interface(root: Path, name: str, state: str, carrier: str, wireless: bool = False) -> None:
+    iface = root / "class" / "net" / name
+    write(iface / "operstate", state + "\n")
+    write(iface / "carrier", carrier + "\n")
+    write(iface / "address", "02:00:00:00:00:0" + str(len(name)) + "\n")
+    for counter, value in (("rx_bytes", "1000"), ("tx_bytes", "2000"), ("rx_errors", "1")):
+        write(iface / "statistics" / counter, value + "\n")
+    if wireless:
+        (iface / "wireless").mkdir()
+
+
+def test_connectivity_from_sysfs(tmp_path: Path) -> None:
+    sysfs = tmp_path / "sys"
+    net_interface(sysfs, "lo", "unknown", "1")
+    net_interface(sysfs, "eth0", "up", "1")
+    net_interface(sysfs, "wlp2s0", "down", "0", wireless=True)
+    net_interface(sysfs, "wwan0", "up", "0")
+    net_interface(sysfs, "tun0", "unknown", "1")
+    found = LinuxHealthProvider(proc=tmp_path / "proc", sys=sysfs).connectivity()
+    assert sorted(found) == ["eth0", "tun0", "wlp2s0", "wwan0"]  # never loopback
+    assert found["eth0"] == {
+        "type": "ethernet",
+        "present": True,
+        "state": "up",
+        "connection_status": "lan",
+        "metrics": {"rx_bytes": 1000.0, "tx_bytes": 2000.0, "rx_errors": 1.0},
+        "metadata": {"mac": "02:00:00:00:00:04"},
+    }
+    assert (
+        found["wlp2s0"]["type"] == "wifi" and found["wlp2s0"]["connection_status"] == "disconnected"
+    )
+    assert (
+        found["wwan0"]["type"] == "cellular"
+        and found["wwan0"]["connection_status"] == "disconnected"
+    )
+    assert found["tun0"]["type"] == "unknown"
+    assert LinuxHealthProvider(sys=tmp_path / "missing").connectivity() == {}

@@ -286,7 +286,23 @@ class HealthExtension(Extension):
         for section, message in errors.items():
             if message.startswith("timed out"):
                 logger.error("health provider %s() %s", section, message)
+        self._mark_hub_interface(sections)
         return build_report(sections, errors, now=self._clock())
+
+    def _mark_hub_interface(self, sections: dict[str, Mapping[Any, Any]]) -> None:
+        """The interface the link reported for its hub connection (§6.9) reaches the hub:
+        ``connection_status`` ``internet``, as nerves_hub_link reports a connected interface."""
+        context = self.context
+        connectivity = sections.get(KEY_CONNECTIVITY)
+        if context is None or not isinstance(connectivity, Mapping):
+            return
+        name = context.link.remote.reported_interface
+        entry = connectivity.get(name) if name is not None else None
+        if isinstance(entry, Mapping):
+            sections[KEY_CONNECTIVITY] = {
+                **connectivity,
+                name: {**entry, "connection_status": "internet"},
+            }
 
     async def handle_event(self, event: str, payload: Any) -> ExtensionReply | None:
         if event == EVENT_CHECK:

@@ -186,9 +186,66 @@ class LinuxHealthProvider(HealthProvider):
             return {METRIC_CPU_TEMP: millidegrees / 1000}
         return {}
 
+    def connectivity(self) -> dict[str, dict[str, object]]:
+        """``/sys/class/net``: every interface but loopback (§8.3's connectivity section, as
+        nerves_hub_link reports it): ``type`` (wifi, ethernet, cellular or unknown, as the
+        server names interface categories, §6.9), ``present``, ``state`` (the kernel's
+        operstate), ``connection_status`` (``lan`` when up with a carrier, else
+        ``disconnected``; the health extension marks the hub's interface ``internet``), byte and
+        error counters as ``metrics`` and the MAC address as ``metadata``."""
+        base = self.sys / "class" / "net"
+        try:
+            names = sorted(entry.name for entry in base.iterdir())
+        except OSError:
+            return {}
+        out: dict[str, dict[str, object]] = {}
+        for name in names:
+            if name == "lo":
+                continue
+            path = base / name
+            state = _read_or(path / "operstate", "unknown")
+            carrier = _read_or(path / "carrier", "0") == "1"
+            metrics: dict[str, float] = {}
+            for counter in ("rx_bytes", "tx_bytes", "rx_errors", "tx_errors"):
+                value = _read_or(path / "statistics" / counter, "")
+                if value.isdigit():
+                    metrics[counter] = float(value)
+            metadata = {}
+            mac = _read_or(path / "address", "")
+            if mac:
+                metadata["mac"] = mac
+            out[name] = {
+                "type": interface_type(name, (path / "wireless").exists()),
+                "present": True,
+                "state": state,
+                "connection_status": "lan" if state == "up" and carrier else "disconnected",
+                "metrics": metrics,
+                "metadata": metadata,
+            }
+        return out
+
     def uptime(self) -> dict[str, float]:
         """``/proc/uptime``: seconds since boot."""
         return {METRIC_UPTIME: float(_read(self.proc / "uptime").split()[0])}
+
+
+def _read_or(path: Path, default: str) -> str:
+    try:
+        return _read(path).strip()
+    except OSError:
+        return default
+
+
+def interface_type(name: str, wireless: bool = False) -> str:
+    """The server's category of an interface name (PROTOCOL.md §6.9); ``wireless``: sysfs
+    says so whatever the name."""
+    if wireless or name.startswith("wlan"):
+        return "wifi"
+    if name.startswith(("eth", "en")):
+        return "ethernet"
+    if name.startswith("wwan"):
+        return "cellular"
+    return "unknown"
 
 
 def _is_cpu_zone(zone: Path) -> bool:

@@ -210,10 +210,6 @@ class Console:
 
     async def _start_shell(self) -> PtyShell | None:
         options = self.options.shell
-        limit = SessionLimit.of(self.link, options.max_sessions)
-        if not limit.acquire(self):
-            await self._up(f"\r\n*** at most {limit.maximum} remote shell(s) at once ***\r\n")
-            return None
         shell = PtyShell(
             options,
             self._up,
@@ -222,11 +218,9 @@ class Console:
             cols=self._size[1],
             on_idle=self._idle_notice,
         )
-        try:
-            await shell.start()
-        except OSError as exc:
-            limit.release(self)
-            await self._up(f"\r\n*** could not start the shell: {exc.strerror or exc} ***\r\n")
+        reason = await SessionLimit.of(self.link, options.max_sessions).start(self, shell)
+        if reason is not None:
+            await self._up(f"\r\n*** shell not started: {reason} ***\r\n")
             return None
         self._shell = shell
         log_session_start(self.link.name, "console", shell, "a console user")

@@ -7,13 +7,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
-import logging
 import socket
 import struct
 
 __all__ = ["interface_for_address"]
-
-logger = logging.getLogger(__name__)
 
 _SIOCGIFADDR = 0x8915
 

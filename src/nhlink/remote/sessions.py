@@ -54,6 +54,18 @@ class SessionLimit:
     def release(self, holder: object) -> None:
         self._holders.discard(id(holder))
 
+    async def start(self, holder: object, shell: PtyShell) -> str | None:
+        """Start ``shell`` for ``holder`` within the limit: None when it runs, else why not
+        (the limit, or the command could not start; the slot is then given back)."""
+        if not self.acquire(holder):
+            return f"at most {self.maximum} remote shell(s) at once on this device"
+        try:
+            await shell.start()
+        except OSError as exc:
+            self.release(holder)
+            return f"could not start {shell.options.argv()[0]}: {exc.strerror or exc}"
+        return None
+
 
 def log_session_start(link: str, via: str, shell: PtyShell, asked_by: str) -> None:
     logger.info(

@@ -83,11 +83,6 @@ class LocalShellExtension(Extension):
             return
         assert self.context is not None and self._limit is not None
         link_name = self.context.link.name
-        if not self._limit.acquire(self):
-            reason = f"at most {self._limit.maximum} remote shell(s) at once on this device"
-            logger.warning("%s: local shell refused: %s", link_name, reason)
-            await self.send("request_status", {"status": "failed", "reason": reason})
-            return
         shell = PtyShell(
             self.options,
             self._output,
@@ -96,12 +91,9 @@ class LocalShellExtension(Extension):
             cols=self._size[1],
             on_idle=self._idle_notice,
         )
-        try:
-            await shell.start()
-        except OSError as exc:
-            self._limit.release(self)
-            reason = f"could not start {self.options.argv()[0]}: {exc.strerror or exc}"
-            logger.warning("%s: local shell failed: %s", link_name, reason)
+        reason = await self._limit.start(self, shell)
+        if reason is not None:
+            logger.warning("%s: local shell not started: %s", link_name, reason)
             await self.send("request_status", {"status": "failed", "reason": reason})
             return
         self._shell = shell

@@ -8,8 +8,8 @@ Environment switches (build time):
 
 Two hot modules are compiled from the same Python source as their pure twin (Cython's pure-Python
 mode): ``_frames_c.py`` and ``_digest_c.py`` are symlinks to ``_frames_py.py`` and ``_digest_py.py``,
-and the ``.pxd`` files of the same names add the C types. The other two are hand-written ``.pyx``
-where pointers pay (masking, the JSON scanner of the Phoenix codec).
+and the ``.pxd`` files of the same names add the C types. The other three are hand-written ``.pyx``
+where pointers pay (masking, the Phoenix codecs: the JSON scanner and MessagePack).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ EXTENSIONS = [
     ("nhlink._core._frames_c", CORE / "_frames_c.py"),
     ("nhlink._core._codec_c", CORE / "_codec_c.pyx"),
     ("nhlink._core._digest_c", CORE / "_digest_c.py"),
+    ("nhlink._core._msgpack_c", CORE / "_msgpack_c.pyx"),
 ]
 # Symlinked sources are Cython inputs only: never install them as Python modules.
 CYTHON_ONLY_MODULES = {"_frames_c", "_digest_c"}

@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 BASELINES = (
     "aiohttp",
     "json",
+    "msgpack",
     "hashlib",
     "raw-socket",
     "memcpy",

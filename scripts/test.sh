@@ -7,7 +7,8 @@
 # 2. Installs the real A/B updaters (RAUC, SWUpdate) from Debian's packages when run as root
 #    (their tests skip with a reason otherwise) and prepares the Autobahn|Testsuite (a Python 2.7
 #    environment, cached outside the work tree).
-# 3. ruff + mypy --strict, then the whole suite twice: compiled core, then NHLINK_NO_EXTENSIONS=1.
+# 3. ruff + mypy --strict, then the whole suite twice: compiled core, then NHLINK_NO_EXTENSIONS=1;
+#    then the end-to-end tests once more with every device speaking MessagePack (vsn 3.0.0).
 #
 # Environment: PYTHON (interpreter for the venv, default python3), NHLINK_AUTOBAHN=0 to skip the
 # conformance run (it needs pyenv's Python 2.7), PYTEST_ARGS (extra pytest arguments).
@@ -35,3 +36,7 @@ echo "== pytest, compiled core"
 NHLINK_REQUIRE_EXTENSIONS=1 .venv/bin/python -m pytest ${PYTEST_ARGS:-}
 echo "== pytest, pure-Python core (NHLINK_NO_EXTENSIONS=1)"
 NHLINK_NO_EXTENSIONS=1 .venv/bin/python -m pytest ${PYTEST_ARGS:-}
+echo "== pytest, end to end over MessagePack (NHLINK_TEST_SERIALIZER=msgpack)"
+NHLINK_REQUIRE_EXTENSIONS=1 NHLINK_TEST_SERIALIZER=msgpack .venv/bin/python -m pytest ${PYTEST_ARGS:-} \
+    tests/test_link.py tests/test_link_rules.py tests/update tests/extensions tests/reliability \
+    tests/remote tests/agent

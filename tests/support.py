@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,13 @@ MiB = 1024 * 1024
 
 #: Reconnect quickly, reset the backoff soon after a join, and let rescheduled updates come back
 #: within the test (the defaults are seconds to minutes).
+#: The serializer every test device speaks: ``NHLINK_TEST_SERIALIZER=msgpack`` runs the
+#: end-to-end tests over vsn 3.0.0 (MessagePack, binary frames) against FakeHub's independent
+#: codec (the ``msgpack`` package); JSON otherwise.
+SERIALIZER = os.environ.get("NHLINK_TEST_SERIALIZER", "json")
+
 FAST_LINK: dict[str, Any] = {
+    "serializer": SERIALIZER,
     "heartbeat_interval": 30.0,
     "backoff_initial": 0.05,
     "backoff_max": 0.4,

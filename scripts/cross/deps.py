@@ -11,7 +11,8 @@ What it does:
 1. Resolves, with the host's pip (``install --dry-run --report``), the runtime dependencies and
    the ``test`` extra of ``pyproject.toml`` plus the build requirements (setuptools, Cython): the
    same Python minor version and Linux, so the same pins an ARM pip would pick.
-   ``cryptography`` (and what only it pulls in) is *optional*: only the mTLS tests need it.
+   ``cryptography`` (and what only it pulls in) is *optional*: only the mTLS tests need it;
+   so is ``msgpack`` (no armv7l wheel): only the MessagePack agreement tests need it.
 2. Downloads each pin for the target with ``pip download --no-deps --only-binary=:all:`` and the
    target's tags (``manylinux_2_17`` .. ``manylinux_2_<glibc>``), into a per-architecture cache.
 3. A required pin without any wheel is fetched as an sdist, to be built inside the root under
@@ -34,7 +35,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-OPTIONAL = {"cryptography"}
+OPTIONAL = {"cryptography", "msgpack"}
 BUILD_REQUIREMENTS_FALLBACK = ["setuptools>=77", "Cython>=3.0.10"]
 
 

@@ -150,6 +150,8 @@ class LinkConfig:
     proxy: str | None = field(default=None, repr=False)
     #: hosts reached directly (``no_proxy`` syntax); None: from the environment
     no_proxy: str | None = None
+    #: ``"json"`` (vsn 2.0.0, text frames) or ``"msgpack"`` (vsn 3.0.0, binary frames, §4.6)
+    serializer: str = wire.SERIALIZER_JSON
 
     @property
     def auth_mode(self) -> str:
@@ -158,9 +160,20 @@ class LinkConfig:
 
     @property
     def url(self) -> str:
+        """The socket URL with the configured serializer's ``vsn`` (§2.2, §4.6)."""
+        return self.url_for(self.serializer)
+
+    @property
+    def endpoint(self) -> str:
+        """The socket URL without its query: ``scheme://host:port/path``."""
         scheme = "wss" if self.ssl else "ws"
         host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal
-        return f"{scheme}://{host}:{self.port}{self.path}?{wire.VSN_QUERY}"
+        return f"{scheme}://{host}:{self.port}{self.path}"
+
+    def url_for(self, serializer: str) -> str:
+        """The socket URL asking for ``serializer`` (``"json"`` or ``"msgpack"``)."""
+        query = wire.VSN_QUERY_MSGPACK if serializer == wire.SERIALIZER_MSGPACK else wire.VSN_QUERY
+        return f"{self.endpoint}?{query}"
 
     @property
     def identity(self) -> str:
@@ -201,6 +214,10 @@ class LinkConfig:
             raise ConfigError("extra_join_params", "must be a mapping")
         fields["extra_join_params"] = dict(extra)
         fields.update(_proxy(options))
+        serializer = options.pop("serializer", wire.SERIALIZER_JSON)
+        if serializer not in (wire.SERIALIZER_JSON, wire.SERIALIZER_MSGPACK):
+            raise ConfigError("serializer", f'must be "json" or "msgpack", got {serializer!r}')
+        fields["serializer"] = serializer
         if options:
             raise ConfigError(sorted(options)[0], "unknown option")
         return cls(**fields)

@@ -60,6 +60,20 @@ __all__ = ["LinkState", "LinkStatus", "NervesHubLink"]
 logger = logging.getLogger(__name__)
 
 _CLOSE_TIMEOUT = 5.0  # seconds for the server to answer our close frame before we drop TCP
+
+# Socket endpoints (scheme://host:port/path) that refused vsn 3.0.0 with 403 in this process: a
+# server older than its MessagePack serializer (§4.6). Links to them speak JSON from then on.
+_MSGPACK_REFUSED: set[str] = set()
+
+
+async def send_frame(ws: WebSocket, session: PhoenixSession, frame: bytes) -> None:
+    """Send one encoded Phoenix frame the way the socket's serializer wants it (§4.6)."""
+    if session.binary:
+        await ws.send_binary(frame)
+    else:
+        await ws.send_text(frame)
+
+
 _STOP_GRACE = 10.0  # seconds stop() lets the connection loop finish its callbacks
 #: Seconds a push's reply handler waits for a reply that may never come (send(on_reply=...)).
 REPLY_TIMEOUT = 30.0
@@ -181,7 +195,10 @@ class _Heartbeat:
             link._drop(self._ws, exc)
             return
         try:
-            self._ws.send_text_nowait(frame)
+            if link.session.binary:
+                self._ws.send_binary_nowait(frame)
+            else:
+                self._ws.send_text_nowait(frame)
         except ConnectionClosed:
             return
         self._schedule()
@@ -554,7 +571,7 @@ class NervesHubLink:
             delay = self.reply_timeout if reply_timeout is None else reply_timeout
             asyncio.get_running_loop().call_later(delay, self._forget_reply, ref)
         try:
-            await ws.send_text(frame)
+            await send_frame(ws, self.session, frame)
         except BaseException:
             self._forget_reply(ref)
             raise
@@ -579,7 +596,7 @@ class NervesHubLink:
         ws = self._ws
         if ws is None:
             raise ConnectionClosed(1006, "", "not connected to NervesHub")
-        await ws.send_text(self.session.join(topic, payload))
+        await send_frame(ws, self.session, self.session.join(topic, payload))
 
     # -- hooks for the update manager and extensions ------------------------------------------
 
@@ -676,12 +693,39 @@ class NervesHubLink:
         return self._stopping
 
     async def _open_socket(self) -> WebSocket:
+        """Open the device socket (§2) and set the session's serializer for it (§4.6)."""
+        config = self.config
+        msgpack = (
+            config.serializer == wire.SERIALIZER_MSGPACK and config.endpoint not in _MSGPACK_REFUSED
+        )
+        try:
+            ws = await self._upgrade(
+                config.url_for(wire.SERIALIZER_MSGPACK if msgpack else wire.SERIALIZER_JSON)
+            )
+        except InvalidStatus as exc:
+            if not (msgpack and exc.status == 403):
+                raise
+            # Nothing is negotiated in-band: a server without the MessagePack serializer
+            # refuses vsn 3.0.0 with 403. Ask again for JSON, and keep to it in this process.
+            _MSGPACK_REFUSED.add(config.endpoint)
+            logger.warning(
+                "%s: %s refused vsn 3.0.0 (HTTP 403: no MessagePack serializer); "
+                "using JSON (vsn 2.0.0) with this server from now on",
+                self.name,
+                config.endpoint,
+            )
+            msgpack = False
+            ws = await self._upgrade(config.url_for(wire.SERIALIZER_JSON))
+        self.session.use(wire.SERIALIZER_MSGPACK if msgpack else wire.SERIALIZER_JSON)
+        return ws
+
+    async def _upgrade(self, url: str) -> WebSocket:
         headers: dict[str, str] = {}
         if self._signer is not None:
             headers = self._signer.headers(self._clock())
         try:
             ws = await connect(
-                self.config.url,
+                url,
                 ssl=self._ssl_context,
                 extra_headers=headers,
                 open_timeout=self.config.connect_timeout,
@@ -731,16 +775,27 @@ class NervesHubLink:
         join_timer: asyncio.TimerHandle | None = None
         try:
             self._set_status(state=LinkState.CONNECTED, last_close_code=None, stable=False)
-            logger.info("%s: connected to %s", self.name, self.config.url)
+            logger.info(
+                "%s: connected to %s (%s)",
+                self.name,
+                self.config.endpoint,
+                "MessagePack, vsn 3.0.0" if self.session.binary else "JSON, vsn 2.0.0",
+            )
             # Off the critical path: a slow handle_connected never delays the join (§14.3).
             self._callbacks.put("handle_connected", self.client.handle_connected)
             await self._join_device()
             join_timer = loop.call_later(self.config.join_timeout, self._join_overdue, ws)
             # A timer, not a task: an idle link holds one TimerHandle for its heartbeat.
             heartbeat = _Heartbeat(self, ws)
+            binary = self.session.binary
             while (message := await ws.next_message()) is not None:
-                if isinstance(message, bytes):
-                    logger.warning("%s: ignoring unexpected binary frame (vsn 2.0.0)", self.name)
+                if isinstance(message, bytes) != binary:
+                    logger.warning(
+                        "%s: ignoring unexpected %s frame (vsn %s)",
+                        self.name,
+                        "binary" if isinstance(message, bytes) else "text",
+                        "3.0.0" if binary else "2.0.0",
+                    )
                     continue
                 joined = await self._dispatch(message)
                 if joined:
@@ -856,10 +911,10 @@ class NervesHubLink:
         params.update(self.remote.keys.join_params())  # §6.8: "on_connect" when wanted
         await self.join(wire.TOPIC_DEVICE, params)
 
-    async def _dispatch(self, text: str) -> bool:
+    async def _dispatch(self, data: str | bytes) -> bool:
         """Handle one message; True when it was the device channel's successful join."""
         try:
-            event = self.session.receive(text)
+            event = self.session.receive(data)
         except DecodeError as exc:
             logger.warning("%s: dropping malformed message: %s", self.name, exc)
             return False

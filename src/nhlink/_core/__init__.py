@@ -6,7 +6,8 @@ same results byte for byte:
 * WebSocket frames, client side (RFC 6455 §5): :func:`apply_mask`, :func:`mask_inplace`,
   :func:`build_frame`, :class:`FrameParser`, :class:`Frame`, close payload helpers.
 * The Phoenix Channels v2 message codec: :func:`encode_message`, :func:`decode_message`,
-  :func:`decode_binary`, :class:`Message`.
+  :func:`decode_binary`, :class:`Message`; and its MessagePack variant (vsn 3.0.0):
+  :func:`encode_msgpack`, :func:`decode_msgpack`.
 * Streaming SHA-256 with chunk buffering for firmware: :class:`StreamingDigest`.
 
 The implementation is chosen **once**, here: the compiled one when it is importable and the
@@ -25,6 +26,7 @@ __all__ = [
     "CLOSE_NO_STATUS",
     "IMPLEMENTATION",
     "MAX_JSON_DEPTH",
+    "MAX_MSGPACK_DEPTH",
     "OP_BINARY",
     "OP_CLOSE",
     "OP_CONT",
@@ -41,7 +43,9 @@ __all__ = [
     "build_frame",
     "decode_binary",
     "decode_message",
+    "decode_msgpack",
     "encode_message",
+    "encode_msgpack",
     "extensions_disabled",
     "mask_inplace",
     "parse_close_payload",
@@ -63,6 +67,7 @@ if TYPE_CHECKING:
     from .python import (
         CLOSE_NO_STATUS,
         MAX_JSON_DEPTH,
+        MAX_MSGPACK_DEPTH,
         OP_BINARY,
         OP_CLOSE,
         OP_CONT,
@@ -79,7 +84,9 @@ if TYPE_CHECKING:
         build_frame,
         decode_binary,
         decode_message,
+        decode_msgpack,
         encode_message,
+        encode_msgpack,
         mask_inplace,
         parse_close_payload,
     )

@@ -200,18 +200,6 @@ cdef extern from *:
 
 cdef extern from *:
     """
-    /* A dict with room for n items without rehashing (CPython), else a plain new dict. */
-    #if defined(PYPY_VERSION) || defined(Py_LIMITED_API)
-    #define __nhlink_new_presized_dict(n) PyDict_New()
-    #else
-    #define __nhlink_new_presized_dict(n) _PyDict_NewPresized(n)
-    #endif
-    """
-    object _new_presized_dict "__nhlink_new_presized_dict" (Py_ssize_t n)
-
-
-cdef extern from *:
-    """
     /* Strings made by legacy (pre-PEP 393) APIs must be made ready before PyUnicode_DATA;
        Python 3.12 removed them and deprecated the call. */
     #if PY_VERSION_HEX < 0x030C0000
@@ -251,11 +239,7 @@ cdef class Message:
     equals a pure one) and unpacks like a tuple: ``join_ref, ref, topic, event, payload = m``.
     """
 
-    cdef public object join_ref
-    cdef public object ref
-    cdef public object topic
-    cdef public object event
-    cdef public object payload
+    # The five attributes are declared in _codec_c.pxd (``cdef public object``).
 
     def __init__(self, join_ref, ref, topic, event, payload):
         self.join_ref = join_ref
@@ -299,7 +283,7 @@ cdef class Message:
         return iter((self.join_ref, self.ref, self.topic, self.event, self.payload))
 
 
-cdef inline Message _new_message(join_ref, ref, topic, event, payload):
+cdef Message _new_message(join_ref, ref, topic, event, payload):
     # tp_new without __init__: the cheapest way to make one.
     cdef Message m = Message.__new__(Message)
     m.join_ref = join_ref
@@ -312,12 +296,7 @@ cdef inline Message _new_message(join_ref, ref, topic, event, payload):
 
 # -- encoding --------------------------------------------------------------------------------
 
-ctypedef struct _Out:
-    char* buf
-    Py_ssize_t len
-    Py_ssize_t cap
-    bint heap
-
+# The output buffer (_Out) and its inline writers live in _codec_c.pxd, shared with _msgpack_c.
 
 cdef int _grow(_Out* o, Py_ssize_t need) except -1:
     cdef Py_ssize_t cap = o.cap * 2
@@ -336,26 +315,6 @@ cdef int _grow(_Out* o, Py_ssize_t need) except -1:
         o.heap = True
     o.buf = nbuf
     o.cap = cap
-    return 0
-
-
-cdef inline int _reserve(_Out* o, Py_ssize_t n) except -1:
-    if o.cap - o.len < n:
-        _grow(o, n)
-    return 0
-
-
-cdef inline int _put(_Out* o, const char* s, Py_ssize_t n) except -1:
-    _reserve(o, n)
-    memcpy(o.buf + o.len, s, n)
-    o.len += n
-    return 0
-
-
-cdef inline int _putc(_Out* o, char c) except -1:
-    _reserve(o, 1)
-    o.buf[o.len] = c
-    o.len += 1
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib.machinery import EXTENSION_SUFFIXES
 from types import ModuleType
 
-from . import _codec_c, _digest_c, _frames_c, _mask
+from . import _codec_c, _digest_c, _frames_c, _mask, _msgpack_c
 
 
 def _require_compiled(*modules: ModuleType) -> None:
@@ -21,7 +21,7 @@ def _require_compiled(*modules: ModuleType) -> None:
             raise ImportError(f"{module.__name__} is not compiled (loaded from {path or '?'})")
 
 
-_require_compiled(_mask, _frames_c, _codec_c, _digest_c)
+_require_compiled(_mask, _frames_c, _codec_c, _digest_c, _msgpack_c)
 
 from ._codec_c import MAX_JSON_DEPTH, Message, decode_binary, decode_message, encode_message  # noqa: E402
 from ._digest_c import StreamingDigest  # noqa: E402
@@ -41,12 +41,14 @@ from ._frames_c import (  # noqa: E402
     parse_close_payload,
 )
 from ._mask import apply_mask, mask_inplace  # noqa: E402
+from ._msgpack_c import MAX_MSGPACK_DEPTH, decode_msgpack, encode_msgpack  # noqa: E402
 
 NAME = "cython"
 
 __all__ = [
     "CLOSE_NO_STATUS",
     "MAX_JSON_DEPTH",
+    "MAX_MSGPACK_DEPTH",
     "NAME",
     "OP_BINARY",
     "OP_CLOSE",
@@ -64,7 +66,9 @@ __all__ = [
     "build_frame",
     "decode_binary",
     "decode_message",
+    "decode_msgpack",
     "encode_message",
+    "encode_msgpack",
     "mask_inplace",
     "parse_close_payload",
 ]

@@ -20,12 +20,14 @@ from ._frames_py import (
     parse_close_payload,
 )
 from ._mask_py import apply_mask, mask_inplace
+from ._msgpack_py import MAX_MSGPACK_DEPTH, decode_msgpack, encode_msgpack
 
 NAME = "python"
 
 __all__ = [
     "CLOSE_NO_STATUS",
     "MAX_JSON_DEPTH",
+    "MAX_MSGPACK_DEPTH",
     "NAME",
     "OP_BINARY",
     "OP_CLOSE",
@@ -43,7 +45,9 @@ __all__ = [
     "build_frame",
     "decode_binary",
     "decode_message",
+    "decode_msgpack",
     "encode_message",
+    "encode_msgpack",
     "mask_inplace",
     "parse_close_payload",
 ]

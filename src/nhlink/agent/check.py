@@ -12,7 +12,7 @@ import socket
 from typing import Any
 
 from ..errors import AuthRejected, InvalidStatus, NHLinkError, TLSVerificationError
-from ..link import NervesHubLink
+from ..link import NervesHubLink, send_frame
 from ..protocol import wire
 from ..protocol.channel import Joined, JoinRefused
 from .config import DeviceSpec
@@ -68,7 +68,12 @@ async def check_device(spec: DeviceSpec, *, join: bool, timeout: float) -> bool:
                 if not config.dangerously_disable_verification
                 else "NOT verified (disabled)",
             )
-        _say(name, "upgrade", "accepted: the server took the device credentials (101)")
+        _say(
+            name,
+            "upgrade",
+            "accepted: the server took the device credentials (101); "
+            + ("MessagePack (vsn 3.0.0)" if link.session.binary else "JSON (vsn 2.0.0)"),
+        )
         if not join:
             return True
         params = config.join_params(
@@ -76,7 +81,7 @@ async def check_device(spec: DeviceSpec, *, join: bool, timeout: float) -> bool:
             auto_revert=False,
             downloading_uuid=(link.store.state.download or {}).get("uuid"),
         )
-        await ws.send_text(link.session.join(wire.TOPIC_DEVICE, params))
+        await send_frame(ws, link.session, link.session.join(wire.TOPIC_DEVICE, params))
         return await asyncio.wait_for(_await_join(ws, link, name), timeout)
     except TimeoutError:
         _say(name, "join", "FAILED: no reply to the join")
@@ -91,7 +96,7 @@ async def check_device(spec: DeviceSpec, *, join: bool, timeout: float) -> bool:
 
 async def _await_join(ws: Any, link: NervesHubLink, name: str) -> bool:
     async for message in ws:
-        if not isinstance(message, str):
+        if isinstance(message, bytes) != link.session.binary:
             continue
         event = link.session.receive(message)
         if isinstance(event, Joined) and event.topic == wire.TOPIC_DEVICE:

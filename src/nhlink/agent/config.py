@@ -201,6 +201,7 @@ LINK_KEYS: dict[str, Check] = {
     "max_message_size": _int,
     "state_dir": _path,
     "user_agent": _str,
+    "serializer": _str,
     "extra_join_params": _table,
     "proxy": _str,
     "no_proxy": _str,

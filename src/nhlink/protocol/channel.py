@@ -12,13 +12,16 @@ Invariants (everything that changes them lives in this file):
 * At most one heartbeat is outstanding; asking for the next one while it is unanswered raises
   :class:`~nhlink.errors.HeartbeatTimeout` (NHL's one-interval liveness rule, §4.3).
 
-Use: call :meth:`PhoenixSession.join`/:meth:`push`/:meth:`heartbeat` to get the text frame to send;
-feed every received text frame to :meth:`PhoenixSession.receive` and act on the event it returns.
-Call :meth:`PhoenixSession.reset` when the socket goes away.
+Use: call :meth:`PhoenixSession.join`/:meth:`push`/:meth:`heartbeat` to get the frame to send;
+feed every received frame to :meth:`PhoenixSession.receive` and act on the event it returns.
+Call :meth:`PhoenixSession.reset` when the socket goes away. The serializer (JSON in text frames,
+vsn 2.0.0, or MessagePack in binary frames, vsn 3.0.0, §4.6) is chosen per socket with
+:meth:`PhoenixSession.use`; :attr:`PhoenixSession.binary` says which kind of frame to send.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,11 +102,31 @@ class PhoenixSession:
     """Refs, channel joins and replies for one socket. See the module docstring."""
 
     def __init__(self) -> None:
+        #: frames go out as binary WebSocket messages (MessagePack), else as text (JSON)
+        self.binary = False
+        self._encode: Callable[[str | None, str | None, str, str, Any], bytes] = (
+            _core.encode_message
+        )
+        self._decode: Callable[[Any], _core.Message] = _core.decode_message
         self._counter = 0
         self._channels: dict[str, _Channel] = {}
         self._pending_pushes: dict[str, str] = {}  # ref -> topic, for pushes whose reply matters
         self._heartbeat_ref: str | None = None
         self._answered = 0  # highest ref of a heartbeat the server answered (kept across resets)
+
+    def use(self, serializer: str) -> None:
+        """Encode and decode with ``serializer`` from now on: ``"json"`` (vsn 2.0.0, text
+        frames) or ``"msgpack"`` (vsn 3.0.0, binary frames). Set before a socket's first frame."""
+        if serializer == wire.SERIALIZER_MSGPACK:
+            self.binary = True
+            self._encode = _core.encode_msgpack
+            self._decode = _core.decode_msgpack
+        elif serializer == wire.SERIALIZER_JSON:
+            self.binary = False
+            self._encode = _core.encode_message
+            self._decode = _core.decode_message
+        else:
+            raise ValueError(f"unknown serializer {serializer!r}")
 
     def next_ref(self) -> str:
         self._counter += 1
@@ -129,7 +152,7 @@ class PhoenixSession:
         """The ``phx_join`` frame for ``topic``. Re-joining a joined topic replaces the instance."""
         ref = self.next_ref()
         self._channels[topic] = _Channel(join_ref=ref, state=_JOINING)
-        return _core.encode_message(ref, ref, topic, wire.EVENT_JOIN, payload)
+        return self._encode(ref, ref, topic, wire.EVENT_JOIN, payload)
 
     def push(self, topic: str, event: str, payload: Any, *, track_reply: bool = False) -> bytes:
         """A push on a joined (or joining) ``topic``.
@@ -144,7 +167,7 @@ class PhoenixSession:
         ref = self.next_ref()
         if track_reply:
             self._pending_pushes[ref] = topic
-        return _core.encode_message(channel.join_ref, ref, topic, event, payload)
+        return self._encode(channel.join_ref, ref, topic, event, payload)
 
     def delivered(self, ref: str) -> bool:
         """Whether the server has processed the message sent with ``ref``: a heartbeat sent
@@ -175,16 +198,22 @@ class PhoenixSession:
             )
         ref = self.next_ref()
         self._heartbeat_ref = ref
-        return _core.encode_message(None, ref, wire.TOPIC_PHOENIX, wire.EVENT_HEARTBEAT, {})
+        return self._encode(None, ref, wire.TOPIC_PHOENIX, wire.EVENT_HEARTBEAT, {})
 
     # -- inbound ---------------------------------------------------------------------------------
 
     def receive(self, data: str | bytes) -> Event | None:
-        """Interpret one text frame. Returns the event, or None for internal/stale messages.
+        """Interpret one frame. Returns the event, or None for internal/stale messages.
 
-        Raises :class:`~nhlink.errors.DecodeError` for a malformed message.
+        Raises :class:`~nhlink.errors.DecodeError` for a malformed message, and for a frame of
+        the wrong kind (binary under JSON, text under MessagePack, §4.5–4.6).
         """
-        message = _core.decode_message(data)
+        if isinstance(data, str) == self.binary:
+            raise DecodeError(
+                f"unexpected {'text' if self.binary else 'binary'} frame under vsn "
+                f"{'3.0.0' if self.binary else '2.0.0'}"
+            )
+        message = self._decode(data)
         topic = message.topic
         event = message.event
         if event == wire.EVENT_REPLY:

@@ -15,6 +15,9 @@ LEGACY_SOCKET_PATH: Final = (
     "/socket/websocket"  # device endpoint only; the browser socket on web hosts
 )
 VSN_QUERY: Final = "vsn=2.0.0"
+VSN_QUERY_MSGPACK: Final = "vsn=3.0.0"  # §4.6: MessagePack, binary frames (opt-in)
+SERIALIZER_JSON: Final = "json"
+SERIALIZER_MSGPACK: Final = "msgpack"
 
 # §2.5 / §3 — HTTP upgrade
 HEADER_CONNECTION_ERROR_REASON: Final = "nh-connection-error-reason"

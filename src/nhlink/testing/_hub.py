@@ -3,14 +3,18 @@
 It reproduces what PROTOCOL.md says the real server does, checked independently of nhlink's
 client code (no imports from its signer, codec, frames or protocol modules):
 
-* §2: socket paths, ``vsn=2.0.0``, 301 for other paths, 401/403/503 answers (the reason text as
-  header and body where the server sends one), ``Date`` headers (taken from the hub clock, so
-  clock recovery can be tested with a frozen clock);
+* §2: socket paths, ``vsn`` negotiation (``~> 2.0.0`` JSON, ``~> 3.0.0`` MessagePack, else 403),
+  301 for other paths, 401/403/503 answers (the reason text as header and body where the server
+  sends one), ``Date`` headers (taken from the hub clock, so clock recovery can be tested with a
+  frozen clock);
 * §3: mTLS (subject CN) and NH1 shared-secret verification (:mod:`._nh1`, :mod:`._etf`), and
   the duplicate-identity kick (close 1001);
 * §4: Phoenix v2 JSON frames (string or integer refs, echoed as sent), heartbeats, "unmatched
   topic", duplicate joins (reply first, then ``phx_close`` for the old join_ref), stale
   join_refs;
+* §4.6: the MessagePack serializer (vsn 3.0.0), encoded and decoded with the ``msgpack`` PyPI
+  package (imported lazily, only for a vsn 3 socket): binary frames only, refs turned into
+  strings, and the socket dropped on anything the real server's socket process crashes on;
 * §6-§9: the ``device``, ``extensions`` and ``console`` channels, join crashes (a non-string
   ``device_api_version``), status validation (an unknown status "crashes" the channel with
   ``phx_error``), extension attach/detach, console events the server has no handler for;
@@ -26,6 +30,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import importlib
 import json
 import logging
 import math
@@ -51,6 +56,7 @@ __all__ = [
     "KNOWN_EXTENSIONS",
     "NO_AUTH_REASON",
     "PLATFORM_REASON",
+    "SERIALIZERS",
     "SOCKET_PATHS",
     "FakeHub",
 ]
@@ -61,6 +67,9 @@ T = TypeVar("T")
 
 # §2.1: both mount points (``/socket`` only on the device endpoint, which is what we emulate).
 SOCKET_PATHS: Final = ("/device-socket/websocket", "/socket/websocket")
+# §2.2/§4.6: the serializers, and the ``major.minor`` of the ``~> major.minor.0`` vsn each takes.
+SERIALIZERS: Final = ("json", "msgpack")
+_VSN_SERIES: Final = {"json": (2, 0), "msgpack": (3, 0)}
 DOCS_URL: Final = "https://docs.nerves-hub.org/"
 # §2.5 response headers.
 REASON_HEADER: Final = "nh-connection-error-reason"
@@ -109,7 +118,9 @@ _ON_ATTACH: Final = {
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_IDLE: Final = 1002  # Bandit's idle timeout
-CLOSE_INTERNAL_ERROR: Final = 1011  # the socket process crashed (malformed frame)
+# The socket process crashed (malformed frame). For a JSON frame and for a vsn 3.0.0 frame alike,
+# the real server's close code is unconfirmed (PROTOCOL.md §15 ❓); 1011 is the RFC 6455 one.
+CLOSE_INTERNAL_ERROR: Final = 1011
 CLOSE_RESTART: Final = 1012
 
 _SEMVER = re.compile(
@@ -143,6 +154,121 @@ def _extension_version_ok(value: object) -> bool:
         return False
     major, minor, patch, pre = parsed
     return major == 0 and minor == 0 and (patch > 1 or (patch == 1 and not pre))
+
+
+def _vsn_serializer(vsn: str | None) -> str | None:
+    """The serializer whose requirement ``vsn`` matches, like Phoenix's ``Version.match?``.
+
+    ``~> 2.0.0`` means ``>= 2.0.0 and < 2.1.0-0`` with pre-releases allowed: ``2.0.0``,
+    ``2.0.7``, ``2.0.1-rc`` and ``2.0.0+build`` match; ``2.0.0-rc``, ``2.1.0``, ``2.0`` and
+    ``2`` do not (not SemVer, or out of range). Likewise ``~> 3.0.0`` for MessagePack. A missing
+    vsn is Phoenix's default ``1.0.0``, which matches nothing.
+    """
+    parsed = _semver(vsn)
+    if parsed is None:
+        return None
+    major, minor, patch, pre = parsed
+    for name, series in _VSN_SERIES.items():
+        if (major, minor) == series and (patch > 0 or not pre):
+            return name
+    return None
+
+
+def _import_msgpack() -> Any:
+    """The ``msgpack`` module, or None when it cannot be imported (JSON needs no extra)."""
+    try:
+        return importlib.import_module("msgpack")
+    except ImportError:
+        return None
+
+
+class _Undecodable(Exception):
+    """A vsn 3.0.0 frame the real server's socket process would crash on (§4.6 "errors")."""
+
+
+class _Pairs(list[tuple[Any, Any]]):
+    """A decoded MessagePack map whose keys are not checked yet (``object_pairs_hook``)."""
+
+
+def _hashable(value: Any) -> Any:
+    """A key for a Python dict: MessagePack (and Elixir) maps may have array or map keys."""
+    if isinstance(value, list):
+        return tuple(_hashable(item) for item in value)
+    if isinstance(value, dict):
+        return tuple((key, _hashable(item)) for key, item in value.items())
+    return value
+
+
+def _from_msgpack(value: Any, notes: set[str]) -> Any:
+    """Check a value from ``msgpack.unpackb`` and return it in the JSON model (dicts, lists).
+
+    Raises :class:`_Undecodable` for a non-finite float, an ext value (the timestamp ext -1
+    included) or a ``bin`` that is not UTF-8. A ``bin`` is read as the string it holds (the
+    server reads ``str`` and ``bin`` both as plain binaries); ``notes`` collects ``"bin"`` and
+    ``"map key"`` (a non-string key, kept) for a warning.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Undecodable(f"non-finite float {value!r}")
+        return value
+    if isinstance(value, bytes):
+        notes.add("bin")
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Undecodable("a bin value that is not UTF-8") from None
+    if isinstance(value, _Pairs):
+        result: dict[Any, Any] = {}
+        for raw_key, raw_item in value:
+            key = _from_msgpack(raw_key, notes)
+            if not isinstance(key, str):
+                notes.add("map key")
+            result[_hashable(key)] = _from_msgpack(raw_item, notes)
+        return result
+    if isinstance(value, list):
+        return [_from_msgpack(item, notes) for item in value]
+    raise _Undecodable(f"ext value {value!r}")  # msgpack.ExtType, msgpack.Timestamp
+
+
+def _msgpack_ref(value: Any) -> str | None:
+    """§4.6: the server turns a non-nil ``join_ref``/``ref`` into a string (``7`` -> ``"7"``).
+
+    Elixir's ``to_string`` also accepts booleans (atoms); floats, arrays and maps are refused
+    here (FakeHub's simplification: their Elixir text forms are not reproduced).
+    """
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    raise _Undecodable(f"ref {value!r} is not nil, a string, an integer or a boolean")
+
+
+def _decode_msgpack(packer: Any, data: bytes) -> tuple[list[Any], set[str]]:
+    """One vsn 3.0.0 frame -> ``[join_ref, ref, topic, event, payload]`` (refs as strings) and
+    the notes of :func:`_from_msgpack`; raises :class:`_Undecodable`."""
+    try:
+        value = packer.unpackb(
+            data, raw=False, strict_map_key=False, object_pairs_hook=_Pairs, use_list=True
+        )
+    except RecursionError:
+        raise _Undecodable("nested too deeply") from None
+    except Exception as exc:  # ExtraData, FormatError, StackError, invalid UTF-8, truncated...
+        raise _Undecodable(f"not one MessagePack value ({type(exc).__name__}: {exc})") from None
+    notes: set[str] = set()
+    try:
+        frame = _from_msgpack(value, notes)
+    except RecursionError:
+        raise _Undecodable("nested too deeply") from None
+    if not isinstance(frame, list) or len(frame) != 5:
+        raise _Undecodable("the envelope is not an array of 5 elements")
+    join_ref, ref, topic, event, payload = frame
+    if not isinstance(topic, str) or not isinstance(event, str):
+        raise _Undecodable("topic and event must be strings")
+    return [_msgpack_ref(join_ref), _msgpack_ref(ref), topic, event, payload], notes
 
 
 def _reject_constant(name: str) -> Any:
@@ -213,9 +339,19 @@ class _Connection:
     record while it is that identity's current connection."""
 
     def __init__(
-        self, serial: int, record: DeviceRecord, ws: web.WebSocketResponse, close_timeout: float
+        self,
+        serial: int,
+        record: DeviceRecord,
+        ws: web.WebSocketResponse,
+        close_timeout: float,
+        serializer: str = "json",
+        packer: Any = None,
     ) -> None:
         self.serial = serial
+        #: "json" (text frames) or "msgpack" (binary frames, encoded and decoded by ``packer``,
+        #: the ``msgpack`` module).
+        self.serializer = serializer
+        self.packer = packer
         self.record = record
         self.identifier = record.identifier
         self.ws = ws
@@ -234,7 +370,12 @@ class _Connection:
         return self.close_code is None and not self.ws.closed
 
     async def send(self, frame: list[Any]) -> bool:
-        """Send one Phoenix frame as a text message; False if the socket is gone."""
+        """Send one Phoenix frame (a text message, or a binary one holding a single MessagePack
+        value on a vsn 3.0.0 socket, §4.6); False if the socket is gone."""
+        if self.packer is not None:
+            # msgpax's mapping: every string a str (never bin), floats as float 64.
+            data: bytes = self.packer.packb(frame, use_bin_type=True)
+            return await self.send_raw(data, frame)
         return await self.send_raw(json.dumps(frame, ensure_ascii=False), frame)
 
     async def send_raw(self, data: str | bytes, frame: list[Any] | None = None) -> bool:
@@ -298,7 +439,15 @@ class FakeHub:
     servers did. ``fwup_public_keys``/``archive_public_keys`` are pushed after a join that asks
     for them with ``"on_connect"``; ``connecting_code`` is sent as ``scripts/run`` (§6.3).
 
-    Most options are also mutable attributes of the same name (``extensions`` is a set).
+    ``serializers`` names the serializers the upgrade may select (§2.2, §4.6): ``"json"`` for a
+    ``vsn`` matching ``~> 2.0.0`` (text frames) and ``"msgpack"`` for ``~> 3.0.0`` (binary
+    MessagePack frames, via the ``msgpack`` package); any other vsn, or one whose serializer is
+    not enabled, gets 403. ``serializers=("json",)`` is a server from before 2026-07-08. If
+    ``msgpack`` cannot be imported, "msgpack" counts as not enabled (and a warning goes to
+    :attr:`warnings`).
+
+    Most options are also mutable attributes of the same name (``extensions`` and
+    ``serializers`` are sets).
     ``unavailable = True`` makes every upgrade answer 503; ``reject_joins = True`` makes device
     joins fail with ``{"error": "could not connect"}``; ``ignore_joins = True`` leaves them
     unanswered (heartbeats are still answered: a server stuck in the join).
@@ -331,6 +480,7 @@ class FakeHub:
         control_api: bool = True,
         close_timeout: float = 2.0,
         max_message_size: int = 1024 * 1024,
+        serializers: Collection[str] = SERIALIZERS,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ConfigError("port", f"must be 0..65535, got {port}")
@@ -339,6 +489,13 @@ class FakeHub:
         for name in extensions:
             if name not in KNOWN_EXTENSIONS:
                 raise ConfigError("extensions", f"unknown extension {name!r}")
+        if isinstance(serializers, str):
+            raise ConfigError("serializers", "must be a collection of names, not one string")
+        if not serializers:
+            raise ConfigError("serializers", "must not be empty")
+        for name in serializers:
+            if name not in SERIALIZERS:
+                raise ConfigError("serializers", f"unknown serializer {name!r} (json, msgpack)")
         self._port = port
         self.tls = tls
         self._product_keys: dict[str, str] = {}
@@ -371,6 +528,7 @@ class FakeHub:
         self.control_api = control_api
         self.close_timeout = close_timeout
         self.max_message_size = max_message_size
+        self.serializers: set[str] = set(serializers)
 
         #: identifier -> record, for every identity that ever authenticated.
         self.devices: dict[str, DeviceRecord] = {}
@@ -378,6 +536,8 @@ class FakeHub:
         self.log: list[Message] = []
         #: every upgrade request on a socket path, in order.
         self.attempts: list[Attempt] = []
+        #: hub-wide problems that belong to no device (e.g. ``msgpack`` missing), each once.
+        self.warnings: list[str] = []
         self._conns: dict[str, _Connection] = {}
         self._all_conns: set[_Connection] = set()
         self._serial = 0
@@ -500,6 +660,9 @@ class FakeHub:
         reason: str,
         identifier: str | None = None,
         auth: str | None = None,
+        *,
+        vsn: str | None = None,
+        serializer: str | None = None,
     ) -> None:
         attempt = Attempt(
             identifier=identifier,
@@ -509,6 +672,8 @@ class FakeHub:
             path=path,
             time=self.clock(),
             monotonic=asyncio.get_running_loop().time(),
+            vsn=vsn,
+            serializer=serializer,
         )
         self.attempts.append(attempt)
         if identifier is not None and status != 101 and identifier in self.devices:
@@ -522,8 +687,10 @@ class FakeHub:
             # §2.1: the device endpoint redirects every other path to documentation.
             return web.Response(status=301, headers={"Location": self.redirect_url})
         # §2.2: vsn negotiation comes before authentication (Phoenix's serializer check).
-        if request.query.get("vsn") != "2.0.0":
-            self._attempt(path, 403, "vsn")
+        vsn = request.query.get("vsn")
+        serializer, packer = self._negotiate(vsn)
+        if serializer is None:
+            self._attempt(path, 403, "vsn", vsn=vsn)
             return web.Response(status=403)
         try:
             if self.unavailable:
@@ -531,7 +698,13 @@ class FakeHub:
             identity = self._authenticate(request)
         except _Rejected as rejected:
             self._attempt(
-                path, rejected.status, rejected.reason, rejected.identifier, rejected.auth
+                path,
+                rejected.status,
+                rejected.reason,
+                rejected.identifier,
+                rejected.auth,
+                vsn=vsn,
+                serializer=serializer,
             )
             # §2.5: WebsocketConnectionError sends the reason as header *and* body (401 "no
             # auth", 503); every other refusal is a bare 401 with an empty body.
@@ -547,7 +720,15 @@ class FakeHub:
             max_msg_size=self.max_message_size,
         )
         if not ws.can_prepare(request).ok:
-            self._attempt(path, 400, "not_websocket", identity.identifier, identity.auth)
+            self._attempt(
+                path,
+                400,
+                "not_websocket",
+                identity.identifier,
+                identity.auth,
+                vsn=vsn,
+                serializer=serializer,
+            )
             return web.Response(status=400)
         record = self._record(identity)
         old = self._conns.pop(identity.identifier, None)
@@ -557,16 +738,19 @@ class FakeHub:
             self._spawn(old.close(CLOSE_GOING_AWAY, "duplicate connection"))
         await ws.prepare(request)
         self._serial += 1
-        conn = _Connection(self._serial, record, ws, self.close_timeout)
+        conn = _Connection(self._serial, record, ws, self.close_timeout, serializer, packer)
         self._conns[record.identifier] = conn
         self._all_conns.add(conn)
+        record.serializer = serializer
         record.connected = True
         record.connections += 1
         record.channels = conn.channels
         record.requested_extensions = conn.requested
         record.offered_extensions = conn.offered
         record.attached_extensions = conn.attached
-        self._attempt(path, 101, "ok", identity.identifier, identity.auth)
+        self._attempt(
+            path, 101, "ok", identity.identifier, identity.auth, vsn=vsn, serializer=serializer
+        )
         try:
             await self._serve(conn)
         finally:
@@ -577,6 +761,27 @@ class FakeHub:
                 record.connected = False
             self._notify()
         return ws
+
+    def _negotiate(self, vsn: str | None) -> tuple[str | None, Any]:
+        """§2.2/§4.6: ``(serializer, msgpack module or None)``; ``(None, None)`` means 403."""
+        name = _vsn_serializer(vsn)
+        if name is None or name not in self.serializers:
+            return None, None
+        if name == "json":
+            return name, None
+        packer = _import_msgpack()
+        if packer is None:
+            self._hub_warning(
+                "a device asked for MessagePack (vsn 3.0.x) but the msgpack package cannot be"
+                " imported: answering 403 as a server without that serializer does"
+            )
+            return None, None
+        return name, packer
+
+    def _hub_warning(self, text: str) -> None:
+        if text not in self.warnings:
+            logger.warning("FakeHub: %s", text)
+            self.warnings.append(text)
 
     def _record(self, identity: _Identity) -> DeviceRecord:
         record = self.devices.get(identity.identifier)
@@ -659,11 +864,18 @@ class FakeHub:
                 logger.debug("idle timeout for %r", conn.identifier)
                 await conn.close(CLOSE_IDLE, "idle timeout")
                 return
+            if msg.type is WSMsgType.TEXT and conn.packer is not None:
+                # §4.6: the MessagePack serializer decodes binary frames only; a text frame
+                # crashes the socket process, dropping every channel.
+                self._warn(conn, "text frame received under vsn=3.0.0 (MessagePack)")
+                await conn.close(CLOSE_INTERNAL_ERROR, "text frame")
+                return
             if msg.type is WSMsgType.TEXT:
                 assert isinstance(msg.data, str)
                 await self._on_text(conn, msg.data)
-                if not conn.open:
-                    return
+            elif msg.type is WSMsgType.BINARY and conn.packer is not None:
+                assert isinstance(msg.data, bytes)
+                await self._on_msgpack(conn, msg.data)
             elif msg.type is WSMsgType.BINARY:
                 # §4.5: a client MUST NOT send binary frames under vsn 2.0.0; NervesHub
                 # would try to decode it as a binary push and crash on anything else.
@@ -671,6 +883,8 @@ class FakeHub:
                 await conn.close(CLOSE_INTERNAL_ERROR, "binary frame")
                 return
             else:  # CLOSE, CLOSING, CLOSED, ERROR
+                return
+            if not conn.open:
                 return
 
     def _warn(self, conn: _Connection, text: str) -> None:
@@ -696,6 +910,25 @@ class FakeHub:
             await conn.close(CLOSE_INTERNAL_ERROR, "malformed message")
             return
         assert isinstance(frame, list)
+        await self._on_frame(conn, frame)
+
+    async def _on_msgpack(self, conn: _Connection, data: bytes) -> None:
+        """§4.6: one binary frame on a vsn 3.0.0 socket."""
+        try:
+            frame, notes = _decode_msgpack(conn.packer, data)
+        except _Undecodable as exc:
+            # The serializer's decode! raises; the socket process dies with every channel.
+            self._warn(conn, f"malformed MessagePack frame, {exc}: {data[:64].hex(' ')}")
+            await conn.close(CLOSE_INTERNAL_ERROR, "malformed message")
+            return
+        if "bin" in notes:
+            self._warn(conn, "MessagePack bin value(s) received: the server reads them as strings")
+        if "map key" in notes:
+            self._warn(conn, "non-string MessagePack map key(s): the handlers match string keys")
+        await self._on_frame(conn, frame)
+
+    async def _on_frame(self, conn: _Connection, frame: list[Any]) -> None:
+        """Record and act on one decoded ``[join_ref, ref, topic, event, payload]``."""
         join_ref, ref, topic, event, payload = frame
         message = Message(
             identifier=conn.identifier,
@@ -1298,6 +1531,7 @@ def device_summary(record: DeviceRecord, messages: bool = False) -> dict[str, An
     data: dict[str, Any] = {
         "identifier": record.identifier,
         "auth": record.auth,
+        "serializer": record.serializer,
         "connected": record.connected,
         "joined": record.joined,
         "connections": record.connections,

@@ -14,6 +14,7 @@ __all__ = ["Attempt", "DeviceRecord", "Message", "Ref"]
 
 #: A ``join_ref``/``ref`` as it arrived: Phoenix's V2 JSON serializer keeps an integer ref an
 #: integer (and echoes it so); string or null is what clients should send (PROTOCOL.md §4.1).
+#: The MessagePack serializer (vsn 3.0.0, §4.6) turns every non-null ref into a string.
 Ref: TypeAlias = str | int | None
 
 
@@ -25,7 +26,9 @@ class Message:
     for measuring intervals. ``connection`` numbers the hub's accepted sockets from 1.
     ``rejected`` says why the hub refused or dropped it (``"unmatched topic"``,
     ``"stale join_ref"``, ``"detach"``, ``"channel crashed"``, ``"join crashed"``, ...); None
-    when accepted. ``join_ref``/``ref`` keep their JSON type (an integer stays an integer).
+    when accepted. ``join_ref``/``ref`` keep their JSON type (an integer stays an integer); on
+    a MessagePack socket they are strings (``7`` arrives as ``"7"``), as on the real server.
+    Otherwise a message looks the same whichever serializer carried it.
     """
 
     identifier: str
@@ -52,7 +55,9 @@ class Attempt:
     the authenticated identity, or for a refused shared-secret attempt the identifier read
     (unverified) from the token, or None. ``reason`` is a short diagnostic code, e.g. ``"ok"``,
     ``"no_auth"``, ``"expired"``, ``"invalid"``, ``"bad_signature"``, ``"unknown_key"``,
-    ``"vsn"``.
+    ``"vsn"``. ``vsn`` is the query parameter as sent (None when missing); ``serializer`` is the
+    one it selected (``"json"`` for ``~> 2.0.0``, ``"msgpack"`` for ``~> 3.0.0``), None when the
+    hub answered 403 because no enabled serializer matched.
     """
 
     identifier: str | None
@@ -62,6 +67,8 @@ class Attempt:
     path: str
     time: float
     monotonic: float
+    vsn: str | None = None
+    serializer: str | None = None  # "json" | "msgpack" | None
 
 
 @dataclass(eq=False)
@@ -77,6 +84,7 @@ class DeviceRecord:
     auth: str = ""  # how it last authenticated: "certificate" | "product_key" | "device_key"
     key: str | None = None  # the shared-secret key used (never the secret)
     certificate_sha1: str | None = None  # uppercase hex SHA-1 of the client certificate (DER)
+    serializer: str | None = None  # of the latest accepted socket: "json" | "msgpack"
     connected: bool = False
     connections: int = 0  # accepted upgrades
     joins: int = 0  # successful joins of the "device" topic

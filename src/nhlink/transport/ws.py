@@ -534,6 +534,13 @@ class WebSocket:
         self._conn.send_text(text)
         self._flush()
 
+    def send_binary_nowait(self, data: bytes | bytearray | memoryview) -> None:
+        """Send a small binary message without waiting for the write buffer (heartbeats under
+        MessagePack); queued in the transport even while it is over its high-water mark."""
+        self._send_checked()
+        self._conn.send_binary(data)
+        self._flush()
+
     async def send_binary(self, data: bytes | bytearray | memoryview) -> None:
         """Send a binary message. Waits while the write buffer is full."""
         self._send_checked()

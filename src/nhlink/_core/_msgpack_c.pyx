@@ -409,10 +409,12 @@ cdef object _fail(_Rd* r, const unsigned char* at, str what):
     raise DecodeError(f"message is not valid MessagePack: {what} at byte {at - r.start}")
 
 
-cdef inline const unsigned char* _need(_Rd* r, Py_ssize_t n, str what) except NULL:
+# Lengths are ``long long`` until checked against the bytes left: a 32-bit length from the frame
+# does not fit Py_ssize_t on 32-bit platforms (armv7l), where it would turn negative.
+cdef inline const unsigned char* _need(_Rd* r, long long n, str what) except NULL:
     """Start of the next ``n`` bytes (advancing past them); DecodeError if truncated."""
     cdef const unsigned char* at = r.p
-    if r.end - at < n:
+    if <long long>(r.end - at) < n:
         _fail(r, at, "truncated " + what)
     r.p = at + n
     return at
@@ -430,7 +432,7 @@ cdef inline uint64_t _rd64(const unsigned char* p) noexcept:
     return (<uint64_t>_rd32(p) << 32) | _rd32(p + 4)
 
 
-cdef Py_ssize_t _length(_Rd* r, int size, str what) except -1:
+cdef long long _length(_Rd* r, int size, str what) except -1:
     cdef const unsigned char* p = _need(r, size, what + " length")
     if size == 1:
         return p[0]
@@ -439,7 +441,7 @@ cdef Py_ssize_t _length(_Rd* r, int size, str what) except -1:
     return _rd32(p)
 
 
-cdef object _text(_Rd* r, Py_ssize_t n):
+cdef object _text(_Rd* r, long long n):
     cdef const unsigned char* p = _need(r, n, "string")
     cdef Py_ssize_t i
     cdef unsigned char high = 0
@@ -468,7 +470,7 @@ cdef object _value(_Rd* r, int depth):
     cdef uint64_t bits64
     cdef float f
     cdef double d
-    cdef Py_ssize_t n
+    cdef long long n
     if b <= 0x7F:
         return <long>b
     if b >= 0xE0:
@@ -518,7 +520,7 @@ cdef object _value(_Rd* r, int depth):
     if b >= 0xC4 and b <= 0xC6:
         n = _length(r, 1 << (b - 0xC4), "bin")
         p = _need(r, n, "bin")
-        return PyBytes_FromStringAndSize(<const char*>p, n)
+        return PyBytes_FromStringAndSize(<const char*>p, <Py_ssize_t>n)
     if b == 0xDC:
         return _array(r, _length(r, 2, "array"), depth, at)
     if b == 0xDD:
@@ -536,15 +538,15 @@ cdef object _too_deep():
     raise DecodeError(f"message nests deeper than {MAX_MSGPACK_DEPTH} levels")
 
 
-cdef object _array(_Rd* r, Py_ssize_t n, int depth, const unsigned char* at):
+cdef object _array(_Rd* r, long long n, int depth, const unsigned char* at):
     cdef Py_ssize_t i
     cdef object item
     if depth >= _MAX_DEPTH:
         _too_deep()
-    if n > r.end - r.p:  # every element takes at least one byte
+    if n > <long long>(r.end - r.p):  # every element takes at least one byte
         _fail(r, at, f"array of {n} elements runs past the end")
-    cdef list result = PyList_New(n)  # NULL slots until set: fine for list dealloc on error
-    for i in range(n):
+    cdef list result = PyList_New(<Py_ssize_t>n)  # NULL slots until set: fine for list dealloc on error
+    for i in range(<Py_ssize_t>n):
         item = _value(r, depth + 1)
         Py_INCREF(item)
         PyList_SET_ITEM(result, i, item)
@@ -565,14 +567,14 @@ cdef object _map_key(_Rd* r):
     _fail(r, at, "map keys must be strings")
 
 
-cdef object _map(_Rd* r, Py_ssize_t n, int depth, const unsigned char* at):
+cdef object _map(_Rd* r, long long n, int depth, const unsigned char* at):
     cdef Py_ssize_t i
     if depth >= _MAX_DEPTH:
         _too_deep()
-    if 2 * n > r.end - r.p:  # every entry takes at least two bytes
+    if 2 * n > <long long>(r.end - r.p):  # every entry takes at least two bytes
         _fail(r, at, f"map of {n} entries runs past the end")
-    cdef dict result = _new_presized_dict(n)
-    for i in range(n):
+    cdef dict result = _new_presized_dict(<Py_ssize_t>n)
+    for i in range(<Py_ssize_t>n):
         key = _map_key(r)
         PyDict_SetItem(result, key, _value(r, depth + 1))
     return result
@@ -604,7 +606,7 @@ cdef object _ref_of(object value, str what):
 
 cdef Message _decode(const unsigned char* data, Py_ssize_t size):
     cdef _Rd r
-    cdef Py_ssize_t count
+    cdef long long count
     cdef unsigned char first
     r.start = data
     r.p = data

@@ -15,9 +15,15 @@
 #   util-linux       losetup/mount (normally already there)
 #   systemd          systemd-analyze, to verify the agent's unit file (tests/agent/test_systemd.py)
 #   tinyproxy        a real HTTP proxy for the proxy tests (tests/transport/test_proxy.py)
+#   swtpm, tpm2-abrmd, tpm2-tools, libtss2-tcti-swtpm0, libtss2-tcti-tabrmd0,
+#   libtpm2-pkcs11-1, libtpm2-pkcs11-tools, libengine-pkcs11-openssl
+#                    a software TPM, its resource manager, a PKCS#11 token in it and OpenSSL's
+#                    pkcs11 engine: the TPM identity tests (tests/identity, nhlink.testing.tpm)
 set -euo pipefail
 
-PACKAGES=(rauc swupdate squashfs-tools dbus cpio openssl e2fsprogs util-linux systemd tinyproxy)
+PACKAGES=(rauc swupdate squashfs-tools dbus cpio openssl e2fsprogs util-linux systemd tinyproxy
+    swtpm tpm2-abrmd tpm2-tools libtss2-tcti-swtpm0 libtss2-tcti-tabrmd0 libtpm2-pkcs11-1
+    libtpm2-pkcs11-tools libengine-pkcs11-openssl)
 
 if [ "$(id -u)" != "0" ]; then
     echo "install-debian.sh: not root; not installing ${PACKAGES[*]} (updater tests will skip)"

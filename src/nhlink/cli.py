@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -96,6 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     fleet.add_argument("args", nargs=argparse.REMAINDER)
+
+    token = sub.add_parser(
+        "key", help="a device key in a token (TPM via tpm2-pkcs11): make a CSR, test it"
+    )
+    token_sub = token.add_subparsers(dest="key_command", metavar="ACTION", required=True)
+    csr = token_sub.add_parser("csr", help="print a CSR for the token key, signed in the token")
+    csr.add_argument("--key", required=True, help="pkcs11: URI of the key (docs/identity.md)")
+    csr.add_argument("--cn", required=True, help="the device identifier (certificate CN)")
+    csr.add_argument("--out", help="write the CSR here instead of stdout")
+    test = token_sub.add_parser(
+        "test", help="show the key, and sign with it and verify with the certificate"
+    )
+    test.add_argument("--key", required=True, help="pkcs11: URI of the key")
+    test.add_argument("--cert", required=True, help="the device certificate")
 
     demo = sub.add_parser("demo", help="a whole OTA update against the built-in test server")
     demo.add_argument("--size", type=int, default=16, metavar="MIB", help="image size (MiB)")
@@ -378,7 +393,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args.size, args.workdir)
 
 
+def cmd_key(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .transport import pkcs11
+
+    try:
+        key = pkcs11.parse_uri(args.key)
+        if args.key_command == "csr":
+            pem = pkcs11.make_csr(key, args.cn)
+            if args.out:
+                Path(args.out).write_bytes(pem)
+            else:
+                sys.stdout.write(pem.decode())
+            return 0
+        print(f"key:    {key.engine_uri} (PKCS#11 module {key.module})")
+        print(f"OpenSSL: {ssl.OPENSSL_VERSION}, pkcs11 engine")
+        print(f"test:   {pkcs11.test_signature(Path(args.cert), key)}")
+        return 0
+    except ConfigError as exc:
+        _err(str(exc))
+        return EXIT_CONFIG
+
+
 _COMMANDS = {
+    "key": cmd_key,
     "run": cmd_run,
     "status": cmd_status,
     "confirm": cmd_confirm,

@@ -42,6 +42,20 @@ def _readable_file(option: str, value: object) -> Path:
     return path
 
 
+def _device_key(value: object) -> Path | str:
+    """A key file, or a ``pkcs11:`` URI (checked now: module present, PIN file readable)."""
+    from .transport import pkcs11
+
+    if pkcs11.is_pkcs11_uri(value):
+        assert isinstance(value, str)
+        pkcs11.parse_uri(value)
+        return value
+    path = _readable_file("device_key", value)
+    if pkcs11.is_tss2_key_file(path):
+        raise pkcs11.refuse_tss2_key(path)
+    return path
+
+
 def _positive(option: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ConfigError(option, f"must be a positive number, not {value!r}")
@@ -119,7 +133,8 @@ class LinkConfig:
     name: str = DEFAULT_NAME
     # mTLS
     device_cert: Path | None = None
-    device_key: Path | None = None
+    #: a key file, or a ``pkcs11:`` URI naming a key in a token (a TPM via tpm2-pkcs11)
+    device_key: Path | str | None = None
     device_chain: Path | None = None
     # NH1 shared secret
     product_key: str | None = None
@@ -307,7 +322,7 @@ def _credentials(options: dict[str, Any], *, use_ssl: bool) -> dict[str, Any]:
             raise ConfigError("ssl", "mTLS needs ssl=True (wss://)")
         return {
             "device_cert": _readable_file("device_cert", device_cert),
-            "device_key": _readable_file("device_key", device_key),
+            "device_key": _device_key(device_key),
             "device_chain": (
                 _readable_file("device_chain", device_chain) if device_chain is not None else None
             ),

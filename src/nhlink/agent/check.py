@@ -30,6 +30,18 @@ async def check_device(spec: DeviceSpec, *, join: bool, timeout: float) -> bool:
     config = link.config
     name = spec.name
     _say(name, "identity", f"{config.identity} ({config.auth_mode}) at {config.url}")
+    if isinstance(config.device_key, str) and config.device_cert is not None:
+        # A key in a token (a TPM): say which, and prove it signs for this certificate.
+        from ..errors import ConfigError
+        from ..transport import pkcs11
+
+        key = pkcs11.parse_uri(config.device_key)
+        _say(name, "key", f"{key.engine_uri} in {key.module} (PKCS#11; never leaves the token)")
+        try:
+            _say(name, "key", "test: " + pkcs11.test_signature(config.device_cert, key))
+        except ConfigError as exc:
+            _say(name, "key", f"FAILED: {exc}")
+            return False
     loop = asyncio.get_running_loop()
     try:
         infos = await asyncio.wait_for(

@@ -192,7 +192,8 @@ LINK_KEYS: dict[str, Check] = {
     "product_secret_file": _path,
     "product_secret_env": _str,
     "device_cert": _path,
-    "device_key": _path,
+    # a key file, or a pkcs11: URI (a key in a token: a TPM via tpm2-pkcs11, docs/identity.md)
+    "device_key": lambda k, v: v if isinstance(v, str) and v.startswith("pkcs11:") else _path(k, v),
     "device_chain": _path,
     "ca_file": _path,
     "firmware_ca_file": _path,

@@ -36,6 +36,7 @@ __all__ = [
     "create_pki",
     "issue_device_certs",
     "server_ssl_context",
+    "sign_device_csr",
 ]
 
 
@@ -65,6 +66,10 @@ class PKI:
         ``device-<identifier>[-untrusted].{crt,key}`` and returns their paths.
         """
         return issue_device_cert(self, identifier, trusted=trusted)
+
+    def sign_csr(self, csr_pem: bytes, cert_path: str | os.PathLike[str]) -> Path:
+        """See :func:`sign_device_csr`."""
+        return sign_device_csr(self, csr_pem, cert_path)
 
     def server_context(self, *, mtls: bool = True, tls13: bool = False) -> ssl.SSLContext:
         """See :func:`server_ssl_context`."""
@@ -264,6 +269,37 @@ def issue_device_cert(pki: PKI, identifier: str, *, trusted: bool = True) -> Cer
             (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False),
         ],
     )
+
+
+def sign_device_csr(pki: PKI, csr_pem: bytes, cert_path: str | os.PathLike[str]) -> Path:
+    """What a product's CA does with a device's CSR (docs/identity.md): check its signature
+    (the device holds the key), then issue a device certificate for its public key and subject
+    (the CN is the device identifier, §3.1), signed by :attr:`PKI.ca`. Writes ``cert_path``;
+    no private key is involved on this side. ValueError for a CSR whose signature is wrong."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    csr = x509.load_pem_x509_csr(csr_pem)
+    if not csr.is_signature_valid:
+        raise ValueError("the CSR's signature does not verify: not made with its own key")
+    issuer_cert, issuer_key = _load(pki.ca)
+    ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    cert = (
+        _builder(csr.subject, issuer_cert.subject, csr.public_key(), 365)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
+        .add_extension(_key_usage(), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(issuer_key, hashes.SHA256())
+    )
+    from cryptography.hazmat.primitives import serialization
+
+    path = Path(cert_path)
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
 
 
 def issue_device_certs(ca: CertPair, directory: Path, identifiers: Sequence[str]) -> int:

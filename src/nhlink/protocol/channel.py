@@ -98,33 +98,37 @@ class _Channel:
     state: int
 
 
+_Codec = tuple[
+    Callable[[str | None, str | None, str, str, Any], bytes], Callable[[Any], Any], bool
+]
+
+
 class PhoenixSession:
     """Refs, channel joins and replies for one socket. See the module docstring."""
 
     def __init__(self) -> None:
-        #: frames go out as binary WebSocket messages (MessagePack), else as text (JSON)
-        self.binary = False
-        self._encode: Callable[[str | None, str | None, str, str, Any], bytes] = (
-            _core.encode_message
-        )
-        self._decode: Callable[[Any], _core.Message] = _core.decode_message
         self._counter = 0
         self._channels: dict[str, _Channel] = {}
         self._pending_pushes: dict[str, str] = {}  # ref -> topic, for pushes whose reply matters
         self._heartbeat_ref: str | None = None
         self._answered = 0  # highest ref of a heartbeat the server answered (kept across resets)
 
+    # (encode, decode, binary frames): JSON as a class default, so a JSON session (the common
+    # case, thousands of them in a fleet) carries no per-instance codec attribute at all.
+    _codec: _Codec = (_core.encode_message, _core.decode_message, False)
+
+    @property
+    def binary(self) -> bool:
+        """Frames go out as binary WebSocket messages (MessagePack), else as text (JSON)."""
+        return self._codec[2]
+
     def use(self, serializer: str) -> None:
         """Encode and decode with ``serializer`` from now on: ``"json"`` (vsn 2.0.0, text
         frames) or ``"msgpack"`` (vsn 3.0.0, binary frames). Set before a socket's first frame."""
         if serializer == wire.SERIALIZER_MSGPACK:
-            self.binary = True
-            self._encode = _core.encode_msgpack
-            self._decode = _core.decode_msgpack
+            self._codec = (_core.encode_msgpack, _core.decode_msgpack, True)
         elif serializer == wire.SERIALIZER_JSON:
-            self.binary = False
-            self._encode = _core.encode_message
-            self._decode = _core.decode_message
+            self.__dict__.pop("_codec", None)
         else:
             raise ValueError(f"unknown serializer {serializer!r}")
 
@@ -152,7 +156,7 @@ class PhoenixSession:
         """The ``phx_join`` frame for ``topic``. Re-joining a joined topic replaces the instance."""
         ref = self.next_ref()
         self._channels[topic] = _Channel(join_ref=ref, state=_JOINING)
-        return self._encode(ref, ref, topic, wire.EVENT_JOIN, payload)
+        return self._codec[0](ref, ref, topic, wire.EVENT_JOIN, payload)
 
     def push(self, topic: str, event: str, payload: Any, *, track_reply: bool = False) -> bytes:
         """A push on a joined (or joining) ``topic``.
@@ -167,7 +171,7 @@ class PhoenixSession:
         ref = self.next_ref()
         if track_reply:
             self._pending_pushes[ref] = topic
-        return self._encode(channel.join_ref, ref, topic, event, payload)
+        return self._codec[0](channel.join_ref, ref, topic, event, payload)
 
     def delivered(self, ref: str) -> bool:
         """Whether the server has processed the message sent with ``ref``: a heartbeat sent
@@ -198,7 +202,7 @@ class PhoenixSession:
             )
         ref = self.next_ref()
         self._heartbeat_ref = ref
-        return self._encode(None, ref, wire.TOPIC_PHOENIX, wire.EVENT_HEARTBEAT, {})
+        return self._codec[0](None, ref, wire.TOPIC_PHOENIX, wire.EVENT_HEARTBEAT, {})
 
     # -- inbound ---------------------------------------------------------------------------------
 
@@ -213,7 +217,7 @@ class PhoenixSession:
                 f"unexpected {'text' if self.binary else 'binary'} frame under vsn "
                 f"{'3.0.0' if self.binary else '2.0.0'}"
             )
-        message = self._decode(data)
+        message = self._codec[1](data)
         topic = message.topic
         event = message.event
         if event == wire.EVENT_REPLY:

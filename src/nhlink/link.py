@@ -60,20 +60,6 @@ __all__ = ["LinkState", "LinkStatus", "NervesHubLink"]
 logger = logging.getLogger(__name__)
 
 _CLOSE_TIMEOUT = 5.0  # seconds for the server to answer our close frame before we drop TCP
-
-# Socket endpoints (scheme://host:port/path) that refused vsn 3.0.0 with 403 in this process: a
-# server older than its MessagePack serializer (§4.6). Links to them speak JSON from then on.
-_MSGPACK_REFUSED: set[str] = set()
-
-
-async def send_frame(ws: WebSocket, session: PhoenixSession, frame: bytes) -> None:
-    """Send one encoded Phoenix frame the way the socket's serializer wants it (§4.6)."""
-    if session.binary:
-        await ws.send_binary(frame)
-    else:
-        await ws.send_text(frame)
-
-
 _STOP_GRACE = 10.0  # seconds stop() lets the connection loop finish its callbacks
 #: Seconds a push's reply handler waits for a reply that may never come (send(on_reply=...)).
 REPLY_TIMEOUT = 30.0
@@ -87,6 +73,18 @@ _CLOSE_CAUSES: dict[int, str] = {
     wire.CLOSE_SERVICE_RESTART: "the server is restarting (draining its connections)",
     wire.CLOSE_PROTOCOL_ERROR: "the server's idle timeout or a protocol error",
 }
+
+# Socket endpoints (scheme://host:port/path) that refused vsn 3.0.0 with 403 in this process: a
+# server older than its MessagePack serializer (§4.6). Links to them speak JSON from then on.
+_MSGPACK_REFUSED: set[str] = set()
+
+
+async def send_frame(ws: WebSocket, session: PhoenixSession, frame: bytes) -> None:
+    """Send one encoded Phoenix frame the way the socket's serializer wants it (§4.6)."""
+    if session.binary:
+        await ws.send_binary(frame)
+    else:
+        await ws.send_text(frame)
 
 
 class LinkState(enum.Enum):

@@ -8,6 +8,7 @@ import json
 import math
 import sys
 import threading
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -255,6 +256,31 @@ def test_depth_limit(core: ModuleType) -> None:
         core.decode_message(deep)
 
 
+def outcomes_on_small_stack(
+    decode: Callable[[bytes], object], messages: Mapping[str, bytes]
+) -> dict[str, str]:
+    """Decode each message on a thread with musl's 128 KiB stack: name -> "ok" or
+    "DecodeError" (a C stack overflow would kill the test process instead)."""
+    results: dict[str, str] = {}
+
+    def work() -> None:
+        for name, data in messages.items():
+            try:
+                decode(data)
+                results[name] = "ok"
+            except DecodeError:
+                results[name] = "DecodeError"
+
+    previous = threading.stack_size(128 * 1024)
+    try:
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+    finally:
+        threading.stack_size(previous)
+    return results
+
+
 def test_deep_input_on_a_small_thread_stack(core: ModuleType) -> None:
     # musl gives threads 128 KiB of stack: the scanner must not recurse per level (a crash
     # here kills the test process).
@@ -269,23 +295,7 @@ def test_deep_input_on_a_small_thread_stack(core: ModuleType) -> None:
         "unclosed": b'[null,null,"t","e",' + b'{"k":[' * 50_000,
         "too deep": b'[null,null,"t","e",' + b"[" * 50_000 + b"]" * 50_000 + b"]",
     }
-    results: dict[str, str] = {}
-
-    def work() -> None:
-        for name, data in messages.items():
-            try:
-                core.decode_message(data)
-                results[name] = "ok"
-            except DecodeError:
-                results[name] = "DecodeError"
-
-    previous = threading.stack_size(128 * 1024)
-    try:
-        thread = threading.Thread(target=work)
-        thread.start()
-        thread.join()
-    finally:
-        threading.stack_size(previous)
+    results = outcomes_on_small_stack(core.decode_message, messages)
     assert results == {
         "arrays": "ok",
         "objects": "ok",

@@ -32,6 +32,7 @@ from typing import Any
 from ..config import LinkConfig
 from ..errors import ConfigError
 from ..protocol import wire
+from ..transport.pkcs11 import is_pkcs11_uri
 from ..update.options import DownloadOptions
 from ..update.writers import _proc
 from .lock import DEFAULT_LOCK_FILE
@@ -193,7 +194,7 @@ LINK_KEYS: dict[str, Check] = {
     "product_secret_env": _str,
     "device_cert": _path,
     # a key file, or a pkcs11: URI (a key in a token: a TPM via tpm2-pkcs11, docs/identity.md)
-    "device_key": lambda k, v: v if isinstance(v, str) and v.startswith("pkcs11:") else _path(k, v),
+    "device_key": lambda k, v: v if is_pkcs11_uri(v) else _path(k, v),
     "device_chain": _path,
     "ca_file": _path,
     "firmware_ca_file": _path,

@@ -98,9 +98,7 @@ class _Channel:
     state: int
 
 
-_Codec = tuple[
-    Callable[[str | None, str | None, str, str, Any], bytes], Callable[[Any], Any], bool
-]
+_Codec = tuple[Callable[[str | None, str | None, str, str, Any], bytes], Callable[[Any], Any], bool]
 
 
 class PhoenixSession:
@@ -207,16 +205,12 @@ class PhoenixSession:
     # -- inbound ---------------------------------------------------------------------------------
 
     def receive(self, data: str | bytes) -> Event | None:
-        """Interpret one frame. Returns the event, or None for internal/stale messages.
+        """Interpret one frame of the session's kind (:attr:`binary`: the caller sorts out
+        frames of the other kind, §4.5–4.6, once, before this). Returns the event, or None for
+        internal/stale messages.
 
-        Raises :class:`~nhlink.errors.DecodeError` for a malformed message, and for a frame of
-        the wrong kind (binary under JSON, text under MessagePack, §4.5–4.6).
+        Raises :class:`~nhlink.errors.DecodeError` for a malformed message.
         """
-        if isinstance(data, str) == self.binary:
-            raise DecodeError(
-                f"unexpected {'text' if self.binary else 'binary'} frame under vsn "
-                f"{'3.0.0' if self.binary else '2.0.0'}"
-            )
         message = self._codec[1](data)
         topic = message.topic
         event = message.event

@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["PACKAGES", "SoftTPM", "missing", "pkcs11_module"]
@@ -210,8 +211,7 @@ class SoftTPM:
         )
         log.close()
 
-    def _wait(self, ready: object, deadline: float, what: str) -> None:
-        assert callable(ready)
+    def _wait(self, ready: Callable[[], bool], deadline: float, what: str) -> None:
         while not ready():
             for proc in self._procs:
                 if proc.poll() is not None:

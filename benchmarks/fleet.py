@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,13 @@ def _rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_for_line(path: Path, prefix: str, proc: subprocess.Popen[bytes]) -> str:
@@ -96,10 +104,14 @@ def fleet_row(
         ]  # fmt: skip
         if hub.ca is not None:
             cmd += ["--ca-file", str(hub.ca)]
+        hub_cpu0 = _cpu_s(hub.proc.pid)
+        started = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         hub_peak = hub_start
+        hub_cpu: list[tuple[float, float]] = []  # (seconds since the fleet started, CPU s)
         while proc.poll() is None:  # sample the hub while the fleet is up
             hub_peak = max(hub_peak, _rss_kib(hub.proc.pid))
+            hub_cpu.append((time.monotonic() - started, _cpu_s(hub.proc.pid) - hub_cpu0))
             time.sleep(0.5)
         err = proc.stderr.read().decode() if proc.stderr else ""
         if proc.returncode != 0:
@@ -109,6 +121,13 @@ def fleet_row(
         hub.stop()
     p = summary["process"]
     lat = summary["join_latency"]
+    # The hub's CPU until every device had joined: the first sample 1 s past "all joined"
+    # (the fleet's clock starts after its imports, so a little late; the hub idles meanwhile).
+    hub_join_cpu_ms = None
+    if p.get("all_joined_after_s"):
+        after = [c for t, c in hub_cpu if t >= p["all_joined_after_s"] + 1.0]
+        if after:
+            hub_join_cpu_ms = round(1000 * after[0] / n, 3)
     return {
         "row": "nhlink fleet",
         "transport": hub.scheme,
@@ -120,6 +139,8 @@ def fleet_row(
         "steady_window_s": p.get("steady_window_s"),
         "idle_window_s": p.get("idle_window_s"),
         "join_rate": round(n / p["all_joined_after_s"], 1) if p.get("all_joined_after_s") else None,
+        "join_cpu_ms": p.get("join_cpu_ms"),
+        "hub_join_cpu_ms": hub_join_cpu_ms,
         "p50_ms": lat["p50_ms"],
         "p99_ms": lat["p99_ms"],
         "hub_kib_per_device": round((hub_peak - hub_start) / n, 2),
@@ -242,21 +263,22 @@ def main() -> None:
     print()
     print(
         "| row | transport | N | KiB/device | idle CPU % of a core (from all joined / steady) "
-        "| joins/s | p50 / p99 join ms | FakeHub KiB/device |"
+        "| joins/s | p50 / p99 join ms | CPU ms per join: fleet / FakeHub | FakeHub KiB/device |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["row"] == "nhlink fleet":
             print(
                 f"| nhlink fleet | {r['transport']} | {r['devices']:,} | {r['kib_per_device']} "
                 f"| {r['idle_cpu_percent']} / {r['steady_cpu_percent']} | {r['join_rate']} "
                 f"| {r['p50_ms']} / {r['p99_ms']} "
+                f"| {r['join_cpu_ms']} / {r['hub_join_cpu_ms']} "
                 f"| {r['hub_kib_per_device']} |"
             )
         else:
             print(
                 f"| {r['row']} | {r['transport']} | {r['devices']:,} | {r['kib_per_connection']} "
-                "| — | — | — | — |"
+                "| — | — | — | — | — |"
             )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

@@ -555,12 +555,29 @@ async def test_link_objects_stay_within_cpythons_shared_key_limit(hub: FakeHub) 
     """CPython shares one key table between the instances of a class only while the class's
     instances have at most 29 attribute names (SHARED_KEYS_MAX_SIZE 30, one slot spent on the
     first instance); past it every instance carries a dict of its own, ~1.5 KiB per link, which
-    ``nhlink fleet`` pays 10,000 times. A new attribute belongs in an existing component."""
+    ``nhlink fleet`` pays 10,000 times. A new attribute belongs in an existing component.
+    The per-link components use ``__slots__`` (no dict at all): a base class without
+    ``__slots__`` would quietly give each instance a dict again."""
     async with NervesHubLink(**link_options(hub)) as link:
         await link.wait_joined(10)
         ws = link._ws
         assert ws is not None
-        objects = [link, ws, ws._conn, link.updates, link.extensions, link.session]
-        for obj in objects:
-            names = vars(obj)
-            assert len(names) <= 29, (type(obj).__name__, len(names))
+        names = vars(link)
+        assert len(names) <= 29, ("NervesHubLink", len(names))
+        slotted = [
+            ws,
+            ws._conn,
+            link.updates,
+            link.extensions,
+            link.session,
+            link.backoff,
+            link.store,
+            link.store.state,
+            link._callbacks,
+            link._signer,
+            link._status,
+            link.remote,
+            link.client,  # DefaultClient
+        ]
+        for obj in slotted:
+            assert not hasattr(obj, "__dict__"), type(obj).__name__

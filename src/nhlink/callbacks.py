@@ -89,6 +89,8 @@ class CallbackQueue:
     """Runs callbacks one after another on a task of its own, each with the time limit, so the
     caller never waits for them (and they still see events in order)."""
 
+    __slots__ = ("_queue", "_task", "name", "timeout")
+
     def __init__(self, name: str, timeout: float | None) -> None:
         self.name = name
         self.timeout = timeout

@@ -20,6 +20,8 @@ logger = logging.getLogger("nhlink.client")
 class Client:
     """Default callbacks: apply every update, do nothing else. Override any of them."""
 
+    __slots__ = ()  # subclasses without __slots__ still get a __dict__
+
     def update_available(self, firmware_meta: Mapping[str, Any]) -> Decision | Any:
         """An update is offered; return :class:`Apply`, :class:`Ignore` or :class:`Reschedule`."""
         return Apply()
@@ -55,6 +57,8 @@ class Client:
 
 class DefaultClient(Client):
     """Applies updates and logs every event."""
+
+    __slots__ = ()
 
     def update_available(self, firmware_meta: Mapping[str, Any]) -> Decision:
         logger.info(

@@ -745,6 +745,7 @@ class NervesHubLink:
             raise
         if self._signer is not None:
             self._signer.observe_server_date(ws.response_headers, self._clock())
+        ws.release_response_headers()  # read what is needed; not kept for the connection's life
         return ws
 
     async def _connect_and_serve(self) -> None:
@@ -796,12 +797,15 @@ class NervesHubLink:
                     )
                     continue
                 joined = await self._dispatch(message)
+                message = None  # not held while waiting for the next one (thousands in a fleet)
                 if joined:
                     if join_timer is not None:  # not held for the connection's life
                         join_timer.cancel()
                         join_timer = None
                     timers.append(
-                        loop.call_later(self.config.backoff_reset_after, self._connection_stable)
+                        loop.call_later(
+                            self.config.backoff_reset_after, self._connection_stable, timers
+                        )
                     )
                     if not self._validation_reported():  # else nothing to watch for
                         side.append(
@@ -857,10 +861,14 @@ class NervesHubLink:
                 ),
             )
 
-    def _connection_stable(self) -> None:
+    def _connection_stable(self, timers: list[asyncio.TimerHandle]) -> None:
         # Joined and still up after backoff_reset_after: the next disconnect starts short again.
         # (Resetting at the join itself would let two processes with one identity evict each
         # other every second forever, §4.4.)
+        # Drop the fired handle (the oldest: every one has the same delay) so that a connection
+        # up for days does not hold it; any later one (a re-join) stays cancellable.
+        if timers:
+            del timers[0]
         self.backoff.reset()
         self._set_status(stable=True)
 

@@ -57,6 +57,11 @@ async def test_devices_join_with_their_identities_and_firmware() -> None:
         fleet = Fleet(options(hub, 25))
         run = asyncio.create_task(fleet.run())
         await fleet.wait_until(lambda: fleet.counters["joins"] >= 25, timeout=20)
+        link = fleet.devices[0].link
+        assert link is not None
+        # The simulator's own per-device parts carry no instance dict (x 10,000 devices).
+        for part in (fleet.devices[0], link.client, link.writer):
+            assert not hasattr(part, "__dict__"), type(part).__name__
         fleet.stop()
         summary = await run
     assert sorted(hub.devices) == [f"sim-{n:05d}" for n in range(1, 26)]
@@ -343,6 +348,10 @@ def test_cli_shards_cover_the_fleet_and_merge(hub_process: HubProcess, tmp_path:
         sorted(buckets.items(), key=lambda kv: int(kv[0]))
     )
     assert merged["join_latency"]["max_ms"] == max(p["join_latency"]["max_ms"] for p in parts)
+    # Join CPU per device: each shard's own (> 0), merged weighted by devices.
+    weighted = sum(p["process"]["join_cpu_ms"] * p["devices"] for p in parts) / 10
+    assert all(p["process"]["join_cpu_ms"] > 0 for p in parts)
+    assert merged["process"]["join_cpu_ms"] == pytest.approx(weighted, abs=1e-4)
     # The same shard twice is refused.
     again = fleet_cmd("merge", str(tmp_path / "a.json"), str(tmp_path / "a.json"))
     assert again.returncode == 1 and "twice" in again.stderr

@@ -220,6 +220,10 @@ async def test_command_line_hub(tmp_path: Path) -> None:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
+        # Ctrl-C on a hub in the foreground: SIGINT at its default, whatever this process
+        # inherited (a suite started in the background by a shell ignores SIGINT, and a child
+        # would inherit that and never see the signal).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert process.stdout is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from nhlink.testing import _nh1
@@ -236,3 +238,22 @@ def test_integer_encodings_are_all_accepted() -> None:
 def test_peek_identifier() -> None:
     assert _nh1.peek_identifier(VECTOR_HEADERS["x-nh-signature"]) == "device-0001"
     assert _nh1.peek_identifier("garbage") is None
+
+
+def test_derived_keys_are_cached_by_secret_salt_and_algorithm() -> None:
+    """As the server (``Plug.Crypto.verify`` keeps every derived key): a second device signing
+    in the same second costs no PBKDF2; another secret, salt or algorithm derives anew; the
+    cache stays bounded."""
+    alg = _nh1.parse_alg("NH1-HMAC-sha256-1000-32")
+    salt = _nh1.build_salt(alg.header, "nhp_cache", 1_700_000_000)
+    _nh1._DERIVED.clear()
+    first = _nh1.derive_key("secret-one", salt, alg)
+    assert _nh1.derive_key("secret-one", salt, alg) is first  # from the cache
+    assert first == hashlib.pbkdf2_hmac("sha256", b"secret-one", salt, 1000, 32)
+    other = _nh1.derive_key("secret-two", salt, alg)
+    assert other == hashlib.pbkdf2_hmac("sha256", b"secret-two", salt, 1000, 32) != first
+    later = _nh1.build_salt(alg.header, "nhp_cache", 1_700_000_001)
+    assert _nh1.derive_key("secret-one", later, alg) != first
+    for n in range(_nh1._DERIVED_MAX + 10):
+        _nh1.derive_key("secret-one", _nh1.build_salt(alg.header, "k", n), alg)
+    assert len(_nh1._DERIVED) == _nh1._DERIVED_MAX

@@ -22,6 +22,7 @@ import pytest
 from nhlink import NervesHubLink
 from nhlink.testing import FakeHub
 from nhlink.testing.firmware import Faults, FirmwareServer
+from nhlink.update.manager import UpdateManager
 from nhlink.update.writer import FwupWriter
 from nhlink.update.writers import CommandWriter, FileWriter
 from tests.support import (
@@ -342,20 +343,21 @@ async def test_writer_that_cannot_read_back_never_resumes(
 
 
 async def test_resume_points_cover_only_synced_bytes(
-    hub: FakeHub, fw: FirmwareServer, tmp_path: Path
+    hub: FakeHub, fw: FirmwareServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = image(6 * MiB + 3)
     writer = SpyWriter(tmp_path / "firmware.img")
     saved: list[tuple[int, int]] = []  # (resume point, bytes durable at that moment)
+    original = UpdateManager.save_resume_point
+
+    async def spy(manager: UpdateManager, info: Any, verified_offset: int) -> None:
+        with writer.lock:
+            saved.append((verified_offset, writer.synced))
+        await original(manager, info, verified_offset)
+
+    # On the class: an UpdateManager has slots, no instance attributes to patch.
+    monkeypatch.setattr(UpdateManager, "save_resume_point", spy)
     async with NervesHubLink(fwup_writer=writer, **ota_options(hub, tmp_path)) as link:
-        original = link.updates.save_resume_point
-
-        async def spy(info: Any, verified_offset: int) -> None:
-            with writer.lock:
-                saved.append((verified_offset, writer.synced))
-            await original(info, verified_offset)
-
-        link.updates.save_resume_point = spy  # type: ignore[method-assign]
         await link.wait_joined(5)
         await push(hub, fw.add("fw.bin", data), data)
         await wait_status(hub, "completed")

@@ -184,6 +184,19 @@ class ExtensionRouter:
     ``rejoin_delays`` and ``stop_timeout`` may be changed before the link starts.
     """
 
+    __slots__ = (
+        "_epoch",
+        "_joined",
+        "_rejoin_attempts",
+        "_rejoin_task",
+        "_slots",
+        "_stopped",
+        "config",
+        "link",
+        "rejoin_delays",
+        "stop_timeout",
+    )
+
     def __init__(self, link: NervesHubLink, config: Mapping[str, Any]) -> None:
         self.link = link
         self.config = dict(config)

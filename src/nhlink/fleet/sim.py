@@ -66,6 +66,8 @@ DEFAULT_FIRMWARE: Mapping[str, str] = {
     "uuid": "00000000-0000-4000-8000-000000000001",
 }
 
+_USER_AGENT = f"nhlink-fleet/{__version__}"  # one string for every device
+
 #: file descriptors kept free for the process itself (logs, DNS, a download's second socket...)
 FD_RESERVE = 64
 
@@ -198,6 +200,8 @@ class SimWriter(FwupWriter):
     then reports ``failed`` and keeps running its old firmware, as a real one would.
     """
 
+    __slots__ = ("_fail", "_hash", "_mode", "received")
+
     def __init__(self, mode: str, fail: Callable[[], bool]) -> None:
         self._mode = mode
         self._fail = fail
@@ -225,6 +229,8 @@ class SimWriter(FwupWriter):
 
 class _SimClient(Client):
     """Applies every update; ``reboot`` reboots the simulated device (into the new firmware)."""
+
+    __slots__ = ("device",)
 
     def __init__(self, device: SimDevice) -> None:
         self.device = device
@@ -326,6 +332,7 @@ class Fleet:
         self.options = options
         self.clock = clock
         self.rng = random.Random(options.seed)
+        self._rand = self.rng.random  # one bound method for every link's backoff jitter
         self.counters: Counter[str] = Counter()
         self.join_latency = Histogram()
         self.stopping = False
@@ -399,25 +406,28 @@ class Fleet:
                 "product_secret": options.product_secret,
                 "identifier": device.identifier,
             }
-        rate = options.update_failure_rate
-        rng = self.rng
         return NervesHubLink(
             client=_SimClient(device),
-            fwup_writer=SimWriter(options.writer, lambda: rate > 0 and rng.random() < rate),
+            fwup_writer=SimWriter(options.writer, self._update_fails),
             download_options=self._downloads,
             ssl_context=ssl_context,
             connect_gate=device.gate,
             status_listener=device.on_status,
-            rand=rng.random,
+            rand=self._rand,
             name=device.identifier,
-            firmware_meta=dict(device.firmware),
+            firmware_meta=device.firmware,  # LinkConfig keeps its own copy
             heartbeat_interval=options.heartbeat_interval,
             connect_timeout=options.connect_timeout,
             join_timeout=options.join_timeout,
-            user_agent=f"nhlink-fleet/{__version__}",
+            user_agent=_USER_AGENT,
             **self._endpoint,
             **credentials,
         )
+
+    def _update_fails(self) -> bool:
+        """Whether the update a writer is finishing fails (``--update-failure-rate``)."""
+        rate = self.options.update_failure_rate
+        return rate > 0 and self.rng.random() < rate
 
     async def _boot(self, device: SimDevice) -> None:
         device.link = self._make_link(device)
@@ -689,6 +699,9 @@ def _footprint(
     }
     if joined is not None:
         out["all_joined_after_s"] = round(joined.time - start.time, 3)
+        # CPU per device from the start to "all joined": what a join costs this side (TCP,
+        # upgrade, NH1, the join; heartbeats of the devices already up are included).
+        out["join_cpu_ms"] = round(1000 * (joined.cpu - start.cpu) / devices, 4)
         window = end.time - joined.time
         if window > 0:
             out["idle_window_s"] = round(window, 3)
@@ -751,14 +764,16 @@ def merge(summaries: list[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _merged_process(parts: list[Mapping[str, Any]], devices: list[int]) -> dict[str, Any]:
-    """CPU adds up, peaks take the maximum, memory per device is weighted by devices."""
+    """CPU adds up, peaks take the maximum, memory and join CPU per device are weighted by
+    devices."""
     out: dict[str, Any] = {
         "cpu_s": round(sum(p["cpu_s"] for p in parts), 3),
         "max_rss_kib": max(p["max_rss_kib"] for p in parts),
     }
-    if all("kib_per_device" in p for p in parts):
-        growth = sum(p["kib_per_device"] * n for p, n in zip(parts, devices, strict=True))
-        out["kib_per_device"] = round(growth / sum(devices), 2)
+    for key, digits in (("kib_per_device", 2), ("join_cpu_ms", 4)):
+        if all(key in p for p in parts):
+            total = sum(p[key] * n for p, n in zip(parts, devices, strict=True))
+            out[key] = round(total / sum(devices), digits)
     for key in ("idle_cpu_percent", "steady_cpu_percent"):
         if all(key in p for p in parts):
             out[f"{key}_sum"] = round(sum(p[key] for p in parts), 3)

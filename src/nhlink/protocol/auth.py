@@ -133,7 +133,7 @@ def parse_http_date(value: str | None) -> int | None:
     return int(parsed.timestamp())
 
 
-@dataclass
+@dataclass(slots=True)
 class SharedSecretSigner:
     """Signs connection attempts and recovers from a slow clock with the server's ``Date``.
 

@@ -15,7 +15,7 @@ from ..errors import ConfigError
 __all__ = ["Backoff", "Pacer"]
 
 
-@dataclass
+@dataclass(slots=True)
 class Backoff:
     """``initial`` doubling up to ``maximum`` seconds, each delay times ``1 + jitter * rand``.
 

@@ -99,10 +99,22 @@ class _Channel:
 
 
 _Codec = tuple[Callable[[str | None, str | None, str, str, Any], bytes], Callable[[Any], Any], bool]
+_JSON_CODEC: _Codec = (_core.encode_message, _core.decode_message, False)
+_MSGPACK_CODEC: _Codec = (_core.encode_msgpack, _core.decode_msgpack, True)
 
 
 class PhoenixSession:
     """Refs, channel joins and replies for one socket. See the module docstring."""
+
+    # One per link, thousands in a fleet: slots, no per-instance dict.
+    __slots__ = (
+        "_answered",
+        "_channels",
+        "_codec",
+        "_counter",
+        "_heartbeat_ref",
+        "_pending_pushes",
+    )
 
     def __init__(self) -> None:
         self._counter = 0
@@ -110,10 +122,8 @@ class PhoenixSession:
         self._pending_pushes: dict[str, str] = {}  # ref -> topic, for pushes whose reply matters
         self._heartbeat_ref: str | None = None
         self._answered = 0  # highest ref of a heartbeat the server answered (kept across resets)
-
-    # (encode, decode, binary frames): JSON as a class default, so a JSON session (the common
-    # case, thousands of them in a fleet) carries no per-instance codec attribute at all.
-    _codec: _Codec = (_core.encode_message, _core.decode_message, False)
+        # (encode, decode, binary frames), shared by every session using the serializer
+        self._codec: _Codec = _JSON_CODEC
 
     @property
     def binary(self) -> bool:
@@ -124,9 +134,9 @@ class PhoenixSession:
         """Encode and decode with ``serializer`` from now on: ``"json"`` (vsn 2.0.0, text
         frames) or ``"msgpack"`` (vsn 3.0.0, binary frames). Set before a socket's first frame."""
         if serializer == wire.SERIALIZER_MSGPACK:
-            self._codec = (_core.encode_msgpack, _core.decode_msgpack, True)
+            self._codec = _MSGPACK_CODEC
         elif serializer == wire.SERIALIZER_JSON:
-            self.__dict__.pop("_codec", None)
+            self._codec = _JSON_CODEC
         else:
             raise ValueError(f"unknown serializer {serializer!r}")
 

@@ -200,6 +200,34 @@ def _parse_headers(lines: list[str]) -> dict[str, str]:
 class ClientConnection:
     """A WebSocket client connection, sans-I/O. See the module docstring for the contract."""
 
+    __slots__ = (
+        "_compression_offer",
+        "_deferred_failure",
+        "_deflate",
+        "_error_body_len",
+        "_error_headers",
+        "_error_status",
+        "_fragment_compressed",
+        "_fragment_opcode",
+        "_fragments",
+        "_head",
+        "_key",
+        "_mask_key",
+        "_max_frame_size",
+        "_max_message_size",
+        "_out",
+        "_parser",
+        "_response_head",
+        "_state",
+        "close_code",
+        "close_reason",
+        "close_received",
+        "close_sent",
+        "failure",
+        "pongs",
+        "response_started",
+    )
+
     def __init__(
         self,
         *,
@@ -358,6 +386,10 @@ class ClientConnection:
         A new dict on every access; repeated headers are joined with ``", "``."""
         return _parse_headers(self._response_head.split("\r\n")) if self._response_head else {}
 
+    def release_response_headers(self) -> None:
+        """Forget the 101's headers (:attr:`response_headers` is empty afterwards)."""
+        self._response_head = ""
+
     def _receive_error_body(self, eof: bool = False) -> list[Message]:
         assert self._error_status is not None
         body_len = self._error_body_len
@@ -384,6 +416,7 @@ class ClientConnection:
             raise HandshakeError("101 response without 'Connection: Upgrade'")
         if headers.get("sec-websocket-accept") != accept_key(self._key):
             raise HandshakeError("Sec-WebSocket-Accept does not match the key sent")
+        self._key = ""  # needed for the check only
         if "sec-websocket-protocol" in headers:
             raise HandshakeError("server selected a subprotocol that was not offered")
         extensions = headers.get("sec-websocket-extensions")

@@ -137,11 +137,25 @@ def build_salt(alg_header: str, key: str, time: int) -> bytes:
     return text.encode("utf-8")
 
 
+# Derived keys by (secret, salt, algorithm), as the server keeps them: ``Plug.Crypto.verify``
+# caches every key it derives (``Plug.Crypto.Keys``, an ETS table), so a fleet signing in the
+# same second costs one PBKDF2, not one per device. Bounded here (oldest out first).
+_DERIVED: dict[tuple[str, bytes, Algorithm], bytes] = {}
+_DERIVED_MAX = 256
+
+
 def derive_key(secret: str, salt: bytes, alg: Algorithm) -> bytes:
     """PBKDF2 of the secret *as text* (it is never base64-decoded, §3.2.1)."""
-    return hashlib.pbkdf2_hmac(
-        alg.digest, secret.encode("utf-8"), salt, alg.iterations, alg.key_length
-    )
+    cache_key = (secret, salt, alg)
+    derived = _DERIVED.get(cache_key)
+    if derived is None:
+        derived = hashlib.pbkdf2_hmac(
+            alg.digest, secret.encode("utf-8"), salt, alg.iterations, alg.key_length
+        )
+        if len(_DERIVED) >= _DERIVED_MAX:
+            del _DERIVED[next(iter(_DERIVED))]
+        _DERIVED[cache_key] = derived
+    return derived
 
 
 def _b64url_decode(text: str) -> bytes:

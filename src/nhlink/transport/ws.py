@@ -210,6 +210,26 @@ async def _open_tls(
 class WebSocket:
     """An open WebSocket connection. Create it with :func:`connect`."""
 
+    __slots__ = (
+        "_close_timeout",
+        "_close_timer",
+        "_closed",
+        "_conn",
+        "_drain_waiters",
+        "_loop",
+        "_lost_exc",
+        "_messages",
+        "_opened",
+        "_pings",
+        "_queued_bytes",
+        "_read_limit",
+        "_reading_paused",
+        "_secure",
+        "_transport",
+        "_waiter",
+        "_write_paused",
+    )
+
     def __init__(
         self,
         conn: ClientConnection,
@@ -231,7 +251,8 @@ class WebSocket:
         self._waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
-        self._opened: asyncio.Future[None] = self._loop.create_future()
+        # Resolved by the 101 (or failed); dropped once connect() has seen it (None after).
+        self._opened: asyncio.Future[None] | None = self._loop.create_future()
         # Mark a handshake failure as retrieved even if nobody awaits it any more (timeouts).
         self._opened.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._closed: asyncio.Future[None] = self._loop.create_future()
@@ -252,8 +273,14 @@ class WebSocket:
 
     @property
     def response_headers(self) -> dict[str, str]:
-        """The server's 101 response headers (lower-case names)."""
+        """The server's 101 response headers (lower-case names); empty after
+        :meth:`release_response_headers`."""
         return self._conn.response_headers
+
+    def release_response_headers(self) -> None:
+        """Forget the 101 response's headers once read: a connection kept open for days (and
+        thousands of them in one process) need not carry them."""
+        self._conn.release_response_headers()
 
     @property
     def closed(self) -> bool:
@@ -289,12 +316,14 @@ class WebSocket:
         try:
             messages = conn.receive_data(data)
         except HandshakeError as exc:
-            if not self._opened.done():
-                self._opened.set_exception(exc)
+            opened = self._opened
+            if opened is not None and not opened.done():
+                opened.set_exception(exc)
             self._abort()
             return
-        if not self._opened.done() and conn.state != CONNECTING:
-            self._opened.set_result(None)
+        opened = self._opened
+        if opened is not None and not opened.done() and conn.state != CONNECTING:
+            opened.set_result(None)
         self._received(messages)
 
     def _payload_received(self, nbytes: int) -> None:
@@ -358,7 +387,8 @@ class WebSocket:
         self._wake()
 
     def _handshake_failed(self, exc: Exception) -> None:
-        if self._opened.done():
+        opened = self._opened
+        if opened is None or opened.done():
             return
         if (
             self._secure
@@ -371,7 +401,7 @@ class WebSocket:
                 "the server closed the TLS connection before answering the WebSocket upgrade "
                 f"(with TLS 1.3 this is how a refused client certificate shows): {exc}"
             )
-        self._opened.set_exception(exc)
+        opened.set_exception(exc)
 
     def _connection_lost(self, exc: Exception | None) -> None:
         if isinstance(exc, ssl_module.SSLError):
@@ -789,7 +819,9 @@ class connect:
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
         try:
+            assert ws._opened is not None
             await ws._opened
+            ws._opened = None  # not kept for the connection's life (a fleet holds thousands)
         except (HandshakeError, TLSVerificationError):
             ws._abort()
             raise

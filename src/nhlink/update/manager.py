@@ -276,6 +276,31 @@ class _Pipeline:
 class UpdateManager:
     """Runs firmware updates for one device connection (an :class:`UpdateHost`)."""
 
+    # One per link, thousands in a fleet: slots instead of a per-instance dict.
+    __slots__ = (
+        "_client_percent",
+        "_connection",
+        "_reschedule",
+        "_sent_percent",
+        "_side_tasks",
+        "_stopping",
+        "_suspend",
+        "_task",
+        "_verdict",
+        "completed",
+        "completed_count",
+        "current",
+        "download_options",
+        "failed_count",
+        "host",
+        "last_error",
+        "name",
+        "phase",
+        "policy",
+        "rescheduled",
+        "taken",
+    )
+
     def __init__(
         self,
         host: UpdateHost,

@@ -43,7 +43,7 @@ async def run_in_thread(fn: Callable[..., T], *args: object) -> T:
         raise
 
 
-@dataclass
+@dataclass(slots=True)
 class DeviceState:
     """What nhlink remembers about one device identity."""
 
@@ -58,6 +58,8 @@ class DeviceState:
 
 class StateStore:
     """Loads and atomically saves a :class:`DeviceState` at ``path`` (or keeps it in memory)."""
+
+    __slots__ = ("_lock", "path", "state")
 
     def __init__(self, path: Path | None) -> None:
         self.path = path

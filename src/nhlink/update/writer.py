@@ -37,6 +37,8 @@ class FwupWriter:
         ->  fwup_chunk(block)* with fwup_sync() between them  ->  fwup_finish()
     """
 
+    __slots__ = ()  # subclasses without __slots__ still get a __dict__
+
     #: True if the writer can continue an interrupted image at a byte offset after a restart:
     #: ``fwup_begin(size, meta, offset)`` keeps the first ``offset`` bytes it holds and drops
     #: the rest, :meth:`fwup_read` reads them back (nhlink re-verifies them before resuming:

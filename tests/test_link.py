@@ -581,3 +581,35 @@ async def test_link_objects_stay_within_cpythons_shared_key_limit(hub: FakeHub) 
         ]
         for obj in slotted:
             assert not hasattr(obj, "__dict__"), type(obj).__name__
+
+
+@pytest.mark.parametrize(("interval", "slot"), [(30.0, 0.1), (0.05, 0.0005)])
+async def test_heartbeats_are_due_at_slot_ends_so_many_links_beat_together(
+    interval: float, slot: float
+) -> None:
+    """A heartbeat is due at the end of a slot (0.1 s, or 1 % of a short interval): the links
+    of one process beat in the same turn of the loop. The interval never shrinks."""
+    from types import SimpleNamespace
+
+    from nhlink.link import _Heartbeat
+
+    loop = asyncio.get_running_loop()
+    link: Any = SimpleNamespace(config=SimpleNamespace(heartbeat_interval=interval))
+    beats: list[float] = []
+    started = loop.time()
+    for _ in range(20):
+        before = loop.time()
+        beat = _Heartbeat(link, ws=None)  # type: ignore[arg-type]
+        after = loop.time()
+        assert beat._handle is not None
+        when = beat._handle.when()
+        beat.cancel()
+        assert before + interval <= when <= after + interval + slot
+        assert abs(when / slot - round(when / slot)) < 1e-6  # on a slot boundary
+        beats.append(when)
+        await asyncio.sleep(0)
+    # Scheduled within one slot of each other, they are due at the same instant: 20 timers
+    # share as many instants as the slots the scheduling spanned (plus the edges).
+    assert len(set(beats)) <= (loop.time() - started) / slot + 2
+    if interval == 30.0:
+        assert len(set(beats)) <= 2  # 20 schedulings take far less than 0.1 s

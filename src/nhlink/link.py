@@ -11,6 +11,7 @@ import contextlib
 import enum
 import inspect
 import logging
+import math
 import random
 import ssl
 import time
@@ -164,6 +165,10 @@ _DEVICE_PUSHES: dict[str, str] = {
 }
 
 
+#: heartbeats are due at the end of slots this long (s), so that many links beat together
+_HEARTBEAT_SLOT = 0.1
+
+
 class _Heartbeat:
     """The Phoenix heartbeat of one socket (PROTOCOL.md §4.3), on a timer of the event loop.
 
@@ -182,7 +187,14 @@ class _Heartbeat:
 
     def _schedule(self) -> None:
         loop = asyncio.get_running_loop()
-        self._handle = loop.call_later(self._link.config.heartbeat_interval, self._beat)
+        interval = self._link.config.heartbeat_interval
+        # Due at the end of a short slot (0.1 s, or 1 % of a short interval), not at an
+        # arbitrary instant: the links of one process then beat together, in one turn of the
+        # event loop, and their replies come back together — a fleet of 10,000 wakes the loop
+        # a few times per slot instead of twice per heartbeat. The interval only grows.
+        slot = min(_HEARTBEAT_SLOT, interval / 100)
+        when = math.ceil((loop.time() + interval) / slot) * slot
+        self._handle = loop.call_at(when, self._beat)
 
     def _beat(self) -> None:
         self._handle = None

@@ -10,10 +10,13 @@ Every row runs in fresh processes on 127.0.0.1, the server always in its own pro
 * bare idle WebSocket connections of aiohttp, websockets and ``nhlink.transport.connect`` (no
   protocol on top) to a ``websockets`` server: resident growth per connection, same N.
 
-Both over ``ws`` and over ``wss`` (TLS 1.3, the server's certificate from a test CA; the fleet
-with one shared context, as ``nhlink fleet`` runs). Run::
+Over ``ws``, ``wss`` (TLS 1.2: FakeHub serves 1.2 only, as the server does by default) and
+``wss13`` (TLS 1.3: FakeHub's ``--tls13``, the server's ``DEVICE_ENABLE_TLS_13``); the server's
+certificate from a test CA (P-256), the fleet with one shared context, as ``nhlink fleet``
+runs; the bare rows' server offers the same TLS version. Run::
 
-    python benchmarks/fleet.py                           # 1k, 5k, 10k; ws and wss; ~15 min
+    python benchmarks/fleet.py                           # 1k, 5k, 10k; ws and wss; ~20 min
+    python benchmarks/fleet.py --sizes 10000 --transports wss13 --bare ""
     python benchmarks/fleet.py --sizes 1000 --idle 35    # quicker
     python benchmarks/fleet.py --json fleet.json
 """
@@ -65,12 +68,14 @@ def _wait_for_line(path: Path, prefix: str, proc: subprocess.Popen[bytes]) -> st
 class Hub:
     """FakeHub in its own process; its output goes to a file (a pipe could fill and stall it)."""
 
-    def __init__(self, workdir: Path, tls: bool) -> None:
+    def __init__(self, workdir: Path, tls: bool, tls13: bool = False) -> None:
         self.log = workdir / f"hub-{'wss' if tls else 'ws'}.log"
         args = ["--port", "0", "--product-key", KEY, "--product-secret", SECRET]
         args += ["--idle-timeout", "600"]
         if tls:
             args += ["--tls-dir", str(workdir / "pki")]
+        if tls13:
+            args += ["--tls13"]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "nhlink.testing", *args], stdout=out, stderr=out
@@ -86,9 +91,9 @@ class Hub:
 
 
 def fleet_row(
-    workdir: Path, n: int, tls: bool, ramp: float, idle: float, hb: float
+    workdir: Path, n: int, transport: str, ramp: float, idle: float, hb: float
 ) -> dict[str, Any]:
-    hub = Hub(workdir, tls)
+    hub = Hub(workdir, transport != "ws", tls13=transport == "wss13")
     try:
         hub_start = _rss_kib(hub.proc.pid)
         secret = workdir / "secret"
@@ -130,7 +135,7 @@ def fleet_row(
             hub_join_cpu_ms = round(1000 * after[0] / n, 3)
     return {
         "row": "nhlink fleet",
-        "transport": hub.scheme,
+        "transport": transport,
         "devices": n,
         "joined": summary["final"]["joined"],
         "kib_per_device": p.get("kib_per_device"),
@@ -158,6 +163,8 @@ async def main():
     if len(sys.argv) > 1:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+        if sys.argv[3] == "1.2":
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     async def handler(ws):
         await ws.wait_closed()
     async with serve(handler, "127.0.0.1", 0, ssl=ctx, ping_interval=None, compression=None) as s:
@@ -206,12 +213,14 @@ asyncio.run(main())
 """
 
 
-def bare_row(workdir: Path, lib: str, n: int, tls: bool) -> dict[str, Any]:
+def bare_row(workdir: Path, lib: str, n: int, transport: str) -> dict[str, Any]:
     args = []
     ca = ""
+    tls = transport != "ws"
     if tls:
         pki = workdir / "pki"
         args = [str(pki / "server.crt"), str(pki / "server.key")]
+        args.append("1.3" if transport == "wss13" else "1.2")
         ca = str(pki / "ca.crt")
     log = workdir / "bare-server.log"
     with open(log, "wb") as out:
@@ -231,7 +240,7 @@ def bare_row(workdir: Path, lib: str, n: int, tls: bool) -> dict[str, Any]:
     finally:
         server.terminate()
         server.wait(30)
-    return {"row": f"bare {lib}", "transport": scheme, "devices": n, **result}
+    return {"row": f"bare {lib}", "transport": transport, "devices": n, **result}
 
 
 def main() -> None:
@@ -251,13 +260,14 @@ def main() -> None:
         workdir = Path(tmp)
         # The PKI is made once (the first wss hub writes it); bare TLS rows reuse it.
         for transport in args.transports.split(","):
-            tls = transport == "wss"
+            if transport not in ("ws", "wss", "wss13"):
+                parser.error(f"unknown transport {transport!r} (ws, wss, wss13)")
             for n in (int(x) for x in args.sizes.split(",")):
-                row = fleet_row(workdir, n, tls, args.ramp, args.idle, args.heartbeat)
+                row = fleet_row(workdir, n, transport, args.ramp, args.idle, args.heartbeat)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 for lib in filter(None, args.bare.split(",")):
-                    bare = bare_row(workdir, lib, n, tls)
+                    bare = bare_row(workdir, lib, n, transport)
                     rows.append(bare)
                     print(json.dumps(bare), flush=True)
     print()

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -199,50 +200,72 @@ async def test_control_api_can_be_disabled(clock: FrozenClock) -> None:
         assert response.status == 301
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-async def test_command_line_hub(tmp_path: Path) -> None:
+async def _command_line_hub(*args: str) -> asyncio.subprocess.Process:
+    """``python -m nhlink.testing --port 0`` with our key and ``args``, importing this nhlink."""
     env = dict(os.environ)
     # The child must import the same nhlink as this process.
     root = str(Path(next(iter(nhlink.__path__))).parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "nhlink.testing",
-        "--port",
-        "0",
-        "--product-key",
-        KEY,
-        "--product-secret",
-        SECRET,
-        "--extensions",
-        "health",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nhlink.testing", "--port", "0",
+        "--product-key", KEY, "--product-secret", SECRET, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
         # Ctrl-C on a hub in the foreground: SIGINT at its default, whatever this process
         # inherited (a suite started in the background by a shell ignores SIGINT, and a child
         # would inherit that and never see the signal).
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    )  # fmt: skip
+
+
+async def _printed(process: asyncio.subprocess.Process, pattern: str) -> re.Match[str]:
+    """The first line the hub prints that matches ``pattern`` (within 20 s)."""
+    assert process.stdout is not None and process.stderr is not None
+    async with asyncio.timeout(20):
+        while True:
+            line = (await process.stdout.readline()).decode()
+            if not line:
+                error = (await process.stderr.read()).decode()
+                pytest.fail(f"the hub exited before printing its URL:\n{error}")
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+async def test_command_line_hub(tmp_path: Path) -> None:
+    process = await _command_line_hub("--extensions", "health")
     try:
-        assert process.stdout is not None
-        url = None
-        async with asyncio.timeout(20):
-            while url is None:
-                line = (await process.stdout.readline()).decode()
-                if not line:
-                    assert process.stderr is not None
-                    error = (await process.stderr.read()).decode()
-                    pytest.fail(f"the hub exited before printing its URL:\n{error}")
-                match = re.search(
-                    r"(ws://127\.0\.0\.1:\d+/device-socket/websocket\?vsn=2\.0\.0)", line
-                )
-                url = match[1] if match else None
+        url = (
+            await _printed(process, r"(ws://127\.0\.0\.1:\d+/device-socket/websocket\?vsn=2\.0\.0)")
+        )[1]
         headers = _signer.sign(KEY, SECRET, IDENT, int(time.time()) - 1)
         async with connect(url, additional_headers=headers, open_timeout=5) as ws:
             assert (await join_device(ws))[4] == {"status": "ok", "response": {}}
             assert await recv(ws) == [None, None, "device", "extensions:get", {}]
+    finally:
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(10):
+            await process.wait()
+    assert process.returncode == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize(("flags", "version"), [((), "TLSv1.2"), (("--tls13",), "TLSv1.3")])
+async def test_command_line_hub_tls_versions(
+    tmp_path: Path, flags: tuple[str, ...], version: str
+) -> None:
+    """``--tls-dir`` serves TLS 1.2 only, as the server does by default; ``--tls13`` offers
+    1.3 too (the server's DEVICE_ENABLE_TLS_13), which a default client then negotiates."""
+    process = await _command_line_hub("--tls-dir", str(tmp_path / "pki"), *flags)
+    try:
+        port = int((await _printed(process, r"wss://127\.0\.0\.1:(\d+)/"))[1])
+        context = ssl.create_default_context(cafile=str(tmp_path / "pki" / "ca.crt"))
+        _reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=context, server_hostname="127.0.0.1"
+        )
+        assert writer.get_extra_info("ssl_object").version() == version
+        writer.close()
+        await writer.wait_closed()
     finally:
         process.send_signal(signal.SIGINT)
         async with asyncio.timeout(10):

@@ -7,7 +7,8 @@ Example::
 prints the device socket URL and the control endpoint, then serves. Without credentials a
 random product key/secret pair is generated and printed (they are throw-away test values).
 ``--tls-dir DIR`` creates a test PKI there (needs ``cryptography``) and serves ``wss`` with
-optional client certificates (mTLS).
+optional client certificates (mTLS): TLS 1.2 only, as the server by default; ``--tls13`` also
+offers TLS 1.3 (the server's ``DEVICE_ENABLE_TLS_13``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--idle-timeout", type=float, default=180, help="idle timeout, s (180)")
     parser.add_argument("--health-interval", type=float, default=3600, help="s between checks")
     parser.add_argument("--tls-dir", help="create a test PKI here and serve wss (mTLS optional)")
+    parser.add_argument(
+        "--tls13", action="store_true", help="with --tls-dir: offer TLS 1.3 too (default 1.2 only)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -59,7 +63,7 @@ async def _serve(args: argparse.Namespace, product: tuple[str, str] | None) -> N
         from nhlink.testing.certs import create_pki
 
         pki = create_pki(args.tls_dir)
-        tls = pki.server_context()
+        tls = pki.server_context(tls13=args.tls13)
         print(f"CA certificate (trust it; sign device certs with it): {pki.ca.cert}")
     hub = FakeHub(
         port=args.port,

@@ -62,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 _CLOSE_TIMEOUT = 5.0  # seconds for the server to answer our close frame before we drop TCP
 _STOP_GRACE = 10.0  # seconds stop() lets the connection loop finish its callbacks
+_HEARTBEAT_SLOT = 0.1  # seconds: heartbeats are due at slot ends, so many links beat together
 #: Seconds a push's reply handler waits for a reply that may never come (send(on_reply=...)).
 REPLY_TIMEOUT = 30.0
 
@@ -163,10 +164,6 @@ _DEVICE_PUSHES: dict[str, str] = {
     wire.EVENT_ARCHIVE_PUBLIC_KEYS: "_on_archive_public_keys",
     wire.EVENT_ARCHIVE: "_on_archive",
 }
-
-
-#: heartbeats are due at the end of slots this long (s), so that many links beat together
-_HEARTBEAT_SLOT = 0.1
 
 
 class _Heartbeat:

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import os
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import nhlink
 from nhlink import Apply
 from nhlink.testing import FakeHub
+from nhlink.testing.certs import PKI
 from nhlink.update.download import DownloadOptions
 
 KEY = "nhp_testproductkey0000000000000000000000000000"
@@ -251,3 +253,18 @@ class Recorder(nhlink.Client):
 
     def handle_disconnected(self) -> None:
         self.events.append("disconnected")
+
+
+def tls_server_context(
+    pki: PKI, *, tls13: bool = True, require_client: bool = False
+) -> ssl.SSLContext:
+    """A server context with ``pki``'s server certificate: TLS 1.2 only unless ``tls13``;
+    client certificates from ``pki``'s CA required with ``require_client``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki.server.cert, pki.server.key)
+    if not tls13:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    if require_client:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=pki.ca.cert)
+    return ctx

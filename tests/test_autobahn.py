@@ -3,7 +3,8 @@
 Opt-in: skipped unless ``NHLINK_AUTOBAHN=1`` (CI sets it after ``scripts/autobahn/setup.sh`` has
 installed the Python 2.7 suite). Runs ``scripts/autobahn/run.py --client nhlink`` for the core
 implementation in use (``NHLINK_NO_EXTENSIONS=1`` is inherited and selects the pure-Python one)
-and requires every run case to be graded and none to have FAILED.
+and requires every run case to be graded and none to have FAILED: over ws:// and over wss://
+(nhlink's own TLS layer, certificates made for the run and verified).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ pytestmark = [
 
 
 @pytest.mark.timeout(DEADLINE_S + 180)
-def test_autobahn_client_conformance(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+def test_autobahn_client_conformance(tmp_path: Path, tls: bool) -> None:
     summary_path = tmp_path / "autobahn.json"
     cmd = [
         sys.executable,
@@ -47,6 +49,7 @@ def test_autobahn_client_conformance(tmp_path: Path) -> None:
         str(summary_path),
         "--reports",
         str(tmp_path / "reports"),
+        *(["--tls"] if tls else []),
     ]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=DEADLINE_S + 120, check=False, cwd=REPO
@@ -58,6 +61,7 @@ def test_autobahn_client_conformance(tmp_path: Path) -> None:
     assert not summary.get("error"), f"harness error: {summary.get('error')}\n{output}"
     assert not summary["deadline_hit"], output
     assert summary["run"] > 0, output
+    assert summary["tls"] is tls, output
     assert summary["graded"] == summary["run"] == summary["selected"], output
     assert summary["failed"] == [], f"FAILED cases: {summary['non_ok']}\n{output}"
     assert proc.returncode == 0, output

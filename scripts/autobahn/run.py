@@ -4,8 +4,11 @@
     scripts/autobahn/setup.sh                      # once: the Python 2.7 suite, outside the tree
     .venv/bin/python scripts/autobahn/run.py --client nhlink --json /tmp/ab.json
     .venv/bin/python scripts/autobahn/run.py --client websockets --cases '1.*,2.*' --exclude 2.3
+    .venv/bin/python scripts/autobahn/run.py --client nhlink --tls   # wss:// (certs made here)
 
-Steps: write the spec (ws://127.0.0.1:PORT on a free port, outdir in a temp dir), start
+Steps: write the spec (ws://127.0.0.1:PORT on a free port, outdir in a temp dir; with ``--tls``
+wss:// with a server certificate for 127.0.0.1 signed by a CA made for the run, which the
+clients trust and verify as in production), start
 ``launcher.py`` under the suite's Python 2.7 (binds 127.0.0.1 only; checked here), ask
 ``/getCaseCount``, run the echo client against ``/runCase?case=N&agent=AGENT`` for each N (per-case
 timeout, overall deadline), call ``/updateReports``, read ``index.json``, print a summary and
@@ -30,6 +33,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -48,7 +52,7 @@ MAX_MESSAGE = 64 * 2**20
 BEHAVIORS = ("OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED", "FAILED")
 LOOPBACK = "127.0.0.1"
 
-EchoClient = Callable[[str, bool], Awaitable[None]]
+EchoClient = Callable[[str, bool, "ssl.SSLContext | None"], Awaitable[None]]
 
 
 class HarnessError(Exception):
@@ -61,13 +65,13 @@ class HarnessError(Exception):
 # --------------------------------------------------------------------------------------------
 
 
-async def echo_nhlink(url: str, deflate: bool) -> None:
+async def echo_nhlink(url: str, deflate: bool, tls: ssl.SSLContext | None) -> None:
     """nhlink's own client. Keep this the only place that knows the nhlink.transport.ws API."""
     from nhlink.transport.ws import connect
 
     compression: Literal["deflate"] | None = "deflate" if deflate else None
     async with connect(
-        url, max_message_size=MAX_MESSAGE, open_timeout=10, compression=compression
+        url, ssl=tls, max_message_size=MAX_MESSAGE, open_timeout=10, compression=compression
     ) as ws:
         async for msg in ws:
             if isinstance(msg, str):
@@ -76,13 +80,14 @@ async def echo_nhlink(url: str, deflate: bool) -> None:
                 await ws.send_binary(msg)
 
 
-async def echo_websockets(url: str, deflate: bool) -> None:
+async def echo_websockets(url: str, deflate: bool, tls: ssl.SSLContext | None) -> None:
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
     with contextlib.suppress(ConnectionClosed):
         async with connect(
             url,
+            ssl=tls,
             max_size=MAX_MESSAGE,
             compression="deflate" if deflate else None,
             ping_interval=None,
@@ -92,12 +97,14 @@ async def echo_websockets(url: str, deflate: bool) -> None:
                 await ws.send(msg)
 
 
-async def echo_aiohttp(url: str, deflate: bool) -> None:
+async def echo_aiohttp(url: str, deflate: bool, tls: ssl.SSLContext | None) -> None:
     import aiohttp
 
     async with (
         aiohttp.ClientSession() as session,
-        session.ws_connect(url, max_msg_size=MAX_MESSAGE, compress=15 if deflate else 0) as ws,
+        session.ws_connect(
+            url, ssl=tls or True, max_msg_size=MAX_MESSAGE, compress=15 if deflate else 0
+        ) as ws,
     ):
         async for msg in ws:  # stops by itself on CLOSE / CLOSING / CLOSED
             if msg.type == aiohttp.WSMsgType.TEXT:
@@ -130,7 +137,7 @@ def nhlink_implementation() -> str:
 # --------------------------------------------------------------------------------------------
 
 
-async def control_text(url: str, seconds: float) -> str | None:
+async def control_text(url: str, seconds: float, tls: ssl.SSLContext | None) -> str | None:
     """Open URL, return the first text message (or None), then wait for the server to close."""
     import aiohttp
 
@@ -138,7 +145,7 @@ async def control_text(url: str, seconds: float) -> str | None:
     async with (
         asyncio.timeout(seconds),
         aiohttp.ClientSession() as session,
-        session.ws_connect(url, autoping=True) as ws,
+        session.ws_connect(url, ssl=tls or True, autoping=True) as ws,
     ):
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.TEXT and first is None:
@@ -243,16 +250,38 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def make_tls(directory: Path, spec: dict[str, Any]) -> ssl.SSLContext:
+    """A CA and a server certificate for 127.0.0.1 (nhlink's test PKI, made now); the server's key
+    and certificate go into the spec, and the returned client context trusts only that CA, with
+    hostname checking on."""
+    try:
+        from nhlink.testing.certs import create_pki
+    except ImportError:
+        sys.path.insert(0, str(REPO / "src"))
+        from nhlink.testing.certs import create_pki
+    pki = create_pki(directory)
+    spec["key"] = str(pki.server.key)
+    spec["cert"] = str(pki.server.cert)
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca.cert))
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    return ctx
+
+
 def case_key(case_id: str) -> tuple[int, ...]:
     return tuple(int(p) if p.isdigit() else 0 for p in case_id.split("."))
 
 
 async def run_cases(
-    base: str, agent: str, client: EchoClient, opts: argparse.Namespace, out: dict[str, Any]
+    base: str,
+    agent: str,
+    client: EchoClient,
+    opts: argparse.Namespace,
+    out: dict[str, Any],
+    tls: ssl.SSLContext | None,
 ) -> None:
     loop_start = time.monotonic()
     deadline = loop_start + opts.deadline
-    text = await control_text(f"{base}/getCaseCount", seconds=30)
+    text = await control_text(f"{base}/getCaseCount", seconds=30, tls=tls)
     if text is None or not text.strip().isdigit():
         raise HarnessError(f"/getCaseCount answered {text!r}")
     count = int(text)
@@ -271,7 +300,7 @@ async def run_cases(
         t = time.monotonic()
         try:
             async with asyncio.timeout(min(opts.per_case_timeout, remaining)):
-                await client(f"{base}/runCase?case={n}&agent={qagent}", opts.deflate)
+                await client(f"{base}/runCase?case={n}&agent={qagent}", opts.deflate, tls)
         except TimeoutError:
             timeouts.append(n)
         except Exception as exc:  # the client gave up on the case; the server grades it
@@ -289,7 +318,7 @@ async def run_cases(
     # Name the cases that timed out or raised, for the report (cheap: one connection each).
     async def case_id(n: int) -> str:
         try:
-            info = await control_text(f"{base}/getCaseInfo?case={n}", seconds=10)
+            info = await control_text(f"{base}/getCaseInfo?case={n}", seconds=10, tls=tls)
             return str(json.loads(info or "{}").get("id", f"#{n}"))
         except Exception:
             return f"#{n}"
@@ -297,7 +326,7 @@ async def run_cases(
     out["timeouts"] = [await case_id(n) for n in timeouts]
     out["client_exceptions"] = {await case_id(n): msg for n, msg in errors.items()}
     print("[autobahn] updating reports", flush=True)
-    await control_text(f"{base}/updateReports?agent={qagent}", seconds=300)
+    await control_text(f"{base}/updateReports?agent={qagent}", seconds=300, tls=tls)
 
 
 def grade(index_path: Path, agent: str, out: dict[str, Any]) -> None:
@@ -329,7 +358,7 @@ def print_summary(out: dict[str, Any]) -> None:
         f"autobahn: client={out['client']} agent={out['agent']} "
         f"implementation={out.get('implementation', '-')} deflate={out['deflate']}"
     )
-    print(f"  listening: {', '.join(out.get('listening', [])) or '?'}")
+    print(f"  listening: {', '.join(out.get('listening', [])) or '?'} tls={out.get('tls')}")
     print(
         f"  cases selected {out.get('selected', '?')}, run {out.get('run', 0)}, "
         f"graded {out.get('graded', 0)}; timeouts {len(out.get('timeouts', []))}, "
@@ -359,6 +388,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--per-case-timeout", type=float, default=30.0, metavar="S")
     p.add_argument("--deadline", type=float, default=20 * 60.0, metavar="S")
     p.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
+    p.add_argument(
+        "--tls", action="store_true", help="wss:// with certificates made for the run (verified)"
+    )
     p.add_argument("--json", type=Path, metavar="PATH", help="write the summary here")
     p.add_argument("--reports", type=Path, metavar="DIR", help="keep the suite's reports here")
     p.add_argument("--python27", type=Path, default=default_python27(), metavar="PATH")
@@ -381,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {
         "client": opts.client,
         "deflate": opts.deflate,
+        "tls": opts.tls,
         "cases": _split(opts.cases),
         "exclude": _split(opts.exclude),
         "run": 0,
@@ -399,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         agent = opts.agent or f"nhlink-{out['implementation']}"
     if opts.deflate and not opts.agent:
         agent += "-deflate"
+    if opts.tls and not opts.agent:
+        agent += "-tls"
     out["agent"] = agent
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", agent):
         print(f"[autobahn] agent name {agent!r}: use letters, digits, '_', '.', '-'")
@@ -417,13 +452,17 @@ def main(argv: list[str] | None = None) -> int:
     status = 2
     try:
         port = free_port()
-        spec = {
-            "url": f"ws://{LOOPBACK}:{port}",
+        scheme = "wss" if opts.tls else "ws"
+        spec: dict[str, Any] = {
+            "url": f"{scheme}://{LOOPBACK}:{port}",
             "outdir": str(tmp / "reports"),
             "cases": out["cases"],
             "exclude-cases": out["exclude"],
             "exclude-agent-cases": {},
         }
+        tls: ssl.SSLContext | None = None
+        if opts.tls:
+            tls = make_tls(tmp / "pki", spec)
         spec_path = tmp / "fuzzingserver.json"
         spec_path.write_text(json.dumps(spec, indent=2))
         with open(log_path, "wb") as log:
@@ -438,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_for_port(port, proc, timeout=60)
         out["listening"] = check_loopback_only(proc.pid)
         print(f"[autobahn] server pid {proc.pid} on {', '.join(out['listening'])}", flush=True)
-        asyncio.run(run_cases(f"ws://{LOOPBACK}:{port}", agent, client, opts, out))
+        asyncio.run(run_cases(f"{scheme}://{LOOPBACK}:{port}", agent, client, opts, out, tls))
         grade(tmp / "reports" / "index.json", agent, out)
         # Re-check at the end: nothing opened later may listen beyond loopback either.
         check_loopback_only(proc.pid)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,22 +13,13 @@ from websockets.asyncio.server import ServerConnection, serve
 from nhlink.errors import ConfigError, TLSVerificationError
 from nhlink.testing.certs import PKI, create_pki
 from nhlink.transport import client_ssl_context, connect
+from nhlink.transport.tlslayer import TLSTransport
+from tests.support import tls_server_context
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     return create_pki(tmp_path_factory.mktemp("pki"))
-
-
-def _server_context(pki: PKI, *, require_client: bool, tls13: bool) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(pki.server.cert, pki.server.key)
-    if not tls13:
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    if require_client:
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_verify_locations(cafile=pki.ca.cert)
-    return ctx
 
 
 async def _peer_cn(ws: ServerConnection) -> None:
@@ -52,7 +42,7 @@ async def _start(
         _peer_cn,
         "127.0.0.1",
         0,
-        ssl=_server_context(pki, require_client=require_client, tls13=tls13),
+        ssl=tls_server_context(pki, require_client=require_client, tls13=tls13),
         max_size=4 << 20,
     )
     port = server.sockets[0].getsockname()[1]
@@ -188,23 +178,31 @@ async def test_large_messages_are_received_in_place_over_tls(
     assert sum(in_place) > (2 * len(big) + 300_000) // 2
 
 
-@pytest.mark.parametrize("read_size", [16 * 1024, 0], ids=["lean", "asyncio"])
-async def test_tls_read_buffer_is_small_and_verification_unchanged(
+@pytest.mark.parametrize("read_size", [16 * 1024, 64 * 1024, 0], ids=["16k", "default", "asyncio"])
+async def test_tls_connections_keep_no_read_buffer_and_verify_the_same(
     pki: PKI, tls_url: str, read_size: int
 ) -> None:
-    # asyncio's TLS keeps a 256 KiB zero-filled read buffer per connection; nhlink's default is
-    # one TLS record. Verification is the same context's, whichever buffer.
-    async with connect(
-        tls_url, ssl=client_ssl_context(cafile=pki.ca.cert), tls_read_size=read_size
-    ) as ws:
-        assert await ws.recv() == "cn="
-        transport = ws._transport
-        assert transport is not None
-        tls = transport._ssl_protocol  # type: ignore[attr-defined]
-        expected = read_size or 256 * 1024
-        assert len(tls._ssl_buffer) == expected
-        await ws.send_text("x" * 100_000)
-        assert await ws.recv() == "x" * 100_000
+    # asyncio's TLS keeps a 256 KiB zero-filled read buffer per connection; nhlink's TLS layer
+    # reads ciphertext into one buffer the loop's connections share. Verification is the same
+    # context's either way.
+    ctx = client_ssl_context(cafile=pki.ca.cert)
+    async with (
+        connect(tls_url, ssl=ctx, tls_read_size=read_size) as ws1,
+        connect(tls_url, ssl=ctx, tls_read_size=read_size) as ws2,
+    ):
+        assert await ws1.recv() == await ws2.recv() == "cn="
+        t1, t2 = ws1._transport, ws2._transport
+        if read_size:
+            assert isinstance(t1, TLSTransport) and isinstance(t2, TLSTransport)
+            assert t1._read_view is t2._read_view  # shared, not per connection
+            assert len(t1._read_view) == read_size
+            assert not hasattr(t1, "__dict__")
+        else:
+            tls = t1._ssl_protocol  # type: ignore[union-attr]
+            assert len(tls._ssl_buffer) == 256 * 1024
+        assert t1 is not None and t1.get_extra_info("ssl_object").version() == "TLSv1.3"
+        await ws1.send_text("x" * 100_000)
+        assert await ws1.recv() == "x" * 100_000
     with pytest.raises(TLSVerificationError, match="did not verify"):
         await connect(
             tls_url, ssl=client_ssl_context(cafile=pki.untrusted_ca.cert), tls_read_size=read_size

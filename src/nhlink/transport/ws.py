@@ -40,6 +40,7 @@ from ..errors import (
 )
 from ..protocol.websocket import CLOSED, CONNECTING, OPEN, ClientConnection, DeflateOptions, Message
 from .proxy import Proxy, open_tunnel
+from .tlslayer import TLSTransport
 
 __all__ = ["WebSocket", "connect"]
 
@@ -142,34 +143,17 @@ class _Protocol(asyncio.BufferedProtocol):
         self.ws._resume_writing()
 
 
-# TLS. asyncio's TLS protocol reads the socket into a 256 KiB buffer of its own per connection
-# (zero-filled, so resident): 10,000 TLS connections would hold 2.5 GiB of read buffers. The same
-# protocol class with a smaller buffer (asyncio reads max_size from the class) keeps the same
-# SSLObject, context and verification; only how much ciphertext one read can take changes.
-DEFAULT_TLS_READ_SIZE = 16 * 1024
-_lean_tls: dict[int, type[asyncio.BufferedProtocol]] = {}
-
-
-def _tls_protocol_class(read_size: int) -> type[asyncio.BufferedProtocol] | None:
-    """asyncio's ``SSLProtocol`` with a ``read_size`` buffer, or None when this Python's asyncio
-    has no such class (then the loop's own TLS is used)."""
-    cls = _lean_tls.get(read_size)
-    if cls is None:
-        try:
-            from asyncio.sslproto import SSLProtocol
-        except ImportError:  # pragma: no cover - every CPython >= 3.11 has it
-            return None
-        if not isinstance(getattr(SSLProtocol, "max_size", None), int):
-            return None  # pragma: no cover - not the protocol this was written against
-        cls = _lean_tls[read_size] = type(
-            "_LeanSSLProtocol", (SSLProtocol,), {"max_size": read_size, "__module__": __name__}
-        )
-    return cls
+# TLS. asyncio's TLS (SSLProtocol) keeps a 256 KiB read buffer per connection (zero-filled, so
+# resident: 2.5 GiB for 10,000 connections) and runs each record through a general state machine.
+# TLSTransport drives the same SSLObject (same context, same verification) itself, reading
+# ciphertext into a buffer the loop's connections share; tls_read_size is how much one read takes.
+DEFAULT_TLS_READ_SIZE = 64 * 1024
+_TLS_HANDSHAKE_TIMEOUT = 60.0  # asyncio's ssl_handshake_timeout, for connect(open_timeout=None)
 
 
 async def _open_tls(
     loop: asyncio.AbstractEventLoop,
-    protocol: asyncio.BaseProtocol,
+    protocol: asyncio.BufferedProtocol,
     ssl_ctx: ssl_module.SSLContext,
     server_hostname: str,
     read_size: int,
@@ -177,31 +161,20 @@ async def _open_tls(
     port: int,
     sock: socket.socket | None,
 ) -> None:
-    """TLS over TCP (or over ``sock``) with a ``read_size`` read buffer: what
-    ``loop.create_connection(..., ssl=ssl_ctx)`` does, with a lean buffer."""
-    cls = _tls_protocol_class(read_size)
-    if cls is None:  # pragma: no cover
-        if sock is not None:
-            await loop.create_connection(
-                lambda: protocol, sock=sock, ssl=ssl_ctx, server_hostname=server_hostname
-            )
-        else:
-            await loop.create_connection(
-                lambda: protocol, host, port, ssl=ssl_ctx, server_hostname=server_hostname
-            )
-        return
+    """TLS over TCP (or over ``sock``) through :class:`~nhlink.transport.tlslayer.TLSTransport`:
+    returns once the handshake, verification included, succeeded and ``protocol`` is connected."""
     waiter: asyncio.Future[None] = loop.create_future()
 
-    def factory() -> asyncio.BaseProtocol:
-        tls = cls(loop, protocol, ssl_ctx, waiter, False, server_hostname)  # type: ignore[call-arg]
-        return tls
+    def factory() -> TLSTransport:
+        return TLSTransport(loop, protocol, ssl_ctx, server_hostname, waiter, read_size)
 
     if sock is not None:
         transport, _ = await loop.create_connection(factory, sock=sock)
     else:
         transport, _ = await loop.create_connection(factory, host, port)
     try:
-        await waiter  # the handshake, verification included
+        async with asyncio.timeout(_TLS_HANDSHAKE_TIMEOUT):
+            await waiter
     except BaseException:
         transport.close()
         raise
@@ -674,8 +647,10 @@ class connect:
     * ``read_limit``: bytes of received messages buffered before reading from the socket pauses.
     * ``proxy``: an HTTP proxy (:class:`~nhlink.transport.proxy.Proxy`) to tunnel through
       (``CONNECT``); choose one with :func:`~nhlink.transport.proxy.select_proxy`.
-    * ``tls_read_size``: the TLS read buffer of this connection (default 16 KiB, one TLS
-      record; asyncio's own is 256 KiB). ``0`` uses the event loop's TLS as it is.
+    * ``tls_read_size``: most ciphertext bytes taken from the socket per read (default 64 KiB),
+      into a buffer the event loop's connections share: a TLS connection keeps no read buffer
+      of its own. ``0`` uses the event loop's TLS as it is (asyncio's ``SSLProtocol``, a
+      256 KiB buffer per connection).
 
     Errors: :class:`ConnectFailed` (DNS, refused), :class:`TLSVerificationError`,
     :class:`ConnectTimeout`, :class:`~nhlink.errors.InvalidStatus` (non-101, with the status,

@@ -77,8 +77,10 @@ async def test_devices_join_with_their_identities_and_firmware() -> None:
     assert 0 < summary["join_latency"]["p50_ms"] <= summary["join_latency"]["p99_ms"]
     assert summary["errors"] == {}
     process = summary["process"]
-    # Resident growth, start to end, per device (in a test process it may reuse freed memory).
-    assert process["rss_end_kib"] > 0 and process["kib_per_device"] >= 0
+    # Resident growth, start to end, per device. In a shared test process the figure can be
+    # negative (memory freed by earlier tests goes back to the OS meanwhile), so only its
+    # presence and type are checked here; benchmarks/fleet.py measures it in fresh processes.
+    assert process["rss_end_kib"] > 0 and isinstance(process["kib_per_device"], float)
     assert 0 < process["all_joined_after_s"] <= summary["wall_s"]
     # Stopping the fleet left no device connected.
     await hub.wait_for(lambda: not any(r.connected for r in hub.devices.values()), timeout=10)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import pytest
 
-from nhlink.errors import ConnectTimeout, TLSVerificationError
+from nhlink.errors import ConfigError, ConnectTimeout, TLSVerificationError
 from nhlink.testing.certs import PKI, create_pki
 from nhlink.transport import client_ssl_context, connect
 from nhlink.transport.tlslayer import TLSTransport
@@ -225,6 +225,7 @@ async def test_a_forged_record_ends_the_connection_with_a_tls_error(pki: PKI, tl
     tls.write(b"ok")
     exc = await asyncio.wait_for(app.lost, TIMEOUT)
     assert isinstance(exc, ssl.SSLError), exc
+    assert exc.__traceback__ is None  # kept without the frames (and buffers) it passed
     assert app.data == b"genuine"  # nothing of the forged record reached the application
     await peer.outcome()
 
@@ -421,3 +422,85 @@ async def test_abort_or_close_during_the_handshake_fails_it_at_once(pki: PKI, me
         await asyncio.wait_for(waiter, TIMEOUT)  # at once, not after a handshake timeout
     assert app.transport is None
     assert await peer.outcome() == b""  # the server saw the TCP connection end
+
+
+async def test_an_eof_while_reading_is_paused_waits_for_the_records_before_it(pki: PKI) -> None:
+    # A proactor event loop reports EOF even while the application has reading paused; the
+    # records already received must still come first, then the EOF.
+    chunks = [bytes([i]) * 1000 for i in range(8)]  # one TCP read's worth
+
+    def script(s: ssl.SSLSocket) -> None:
+        for chunk in chunks:
+            s.sendall(chunk)
+        with contextlib.suppress(ssl.SSLEOFError):
+            s.recv(10)  # until the client closes TCP (no close_notify: the EOF was TCP's)
+
+    peer = Peer(tls_server_context(pki), script)
+    app = App(pause_at_first=True)
+    tls = await _open(pki, peer.port, app)
+    await app.received(1)
+    while len(app.data) + tls._incoming.pending + tls._sslobj.pending() < 8000:
+        # the rest is still on its way into this connection's BIO: let one more read happen
+        tls.resume_reading()
+        app.pause_at_first, app.updates = True, 0
+        await app.received(len(app.data) + 1)
+    assert not tls.is_reading()
+    delivered = len(app.data)
+    assert tls.eof_received() is True  # held: records are waiting
+    assert (app.eof, len(app.data)) == (False, delivered)  # nothing yet, not even the EOF
+    app.pause_at_first = False
+    tls.resume_reading()
+    assert await app.received(8000) == b"".join(chunks)
+    assert await asyncio.wait_for(app.lost, TIMEOUT) is None
+    assert app.eof
+    await peer.outcome()
+
+
+async def test_a_handshake_longer_than_its_limit_is_a_connect_timeout(
+    pki: PKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nhlink.transport.ws as ws_module
+
+    monkeypatch.setattr(ws_module, "_TLS_HANDSHAKE_TIMEOUT", 0.3)  # asyncio's 60 s, shortened
+    peer = Peer(None, lambda raw: raw.recv(65536) and raw.recv(1))  # never answers
+    with pytest.raises(ConnectTimeout, match="TLS handshake"):
+        await connect(
+            f"wss://127.0.0.1:{peer.port}/",
+            ssl=client_ssl_context(cafile=pki.ca.cert),
+            open_timeout=None,  # no overall limit: the handshake's own applies
+        )
+    assert await peer.outcome() == b""
+
+
+async def test_an_invalid_server_name_is_refused_before_any_connection(pki: PKI) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    with listener:
+        port = listener.getsockname()[1]
+        with pytest.raises(ConfigError, match="server_hostname"):
+            await connect(
+                f"wss://127.0.0.1:{port}/",
+                ssl=client_ssl_context(cafile=pki.ca.cert),
+                server_hostname="a" * 64 + ".example",  # an IDNA label over 63 characters
+            )
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # no TCP connection was made (so none was left open)
+
+
+async def test_an_application_failing_in_connection_made_fails_the_attempt(pki: PKI) -> None:
+    class Failing(App):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            raise LookupError("the application refused")
+
+    def script(s: ssl.SSLSocket) -> str:
+        try:
+            return repr(s.recv(10))
+        except ssl.SSLEOFError:
+            return "TCP closed"
+
+    peer = Peer(tls_server_context(pki), script)
+    app = Failing()
+    with pytest.raises(LookupError, match="refused"):
+        await asyncio.wait_for(_open(pki, peer.port, app), TIMEOUT)  # at once, no timeout
+    assert await peer.outcome() == "TCP closed"  # nothing was sent, the connection ended
+    assert not app.lost.done()  # connection_lost only follows a connection_made that worked

@@ -32,6 +32,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
+from ..errors import without_traceback
+
 __all__ = ["TLSTransport"]
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ class TLSTransport(asyncio.Transport, asyncio.BufferedProtocol):
     __slots__ = (
         "_app",
         "_backlog",
+        "_eof_pending",
         "_exc",
         "_incoming",
         "_loop",
@@ -118,6 +121,7 @@ class TLSTransport(asyncio.Transport, asyncio.BufferedProtocol):
         # Application data held back while a renegotiation wants to read first (TLS 1.2).
         self._backlog: list[bytes] | None = None
         self._exc: BaseException | None = None
+        self._eof_pending = False  # TCP ended while reading was paused with records left
         self._read_view = _cipher_buffer(loop, read_size)
 
     # -- protocol side (called by the TCP transport) ----------------------------------------------
@@ -125,6 +129,9 @@ class TLSTransport(asyncio.Transport, asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._tcp = transport
+        if self._state != _HANDSHAKE:  # closed or aborted before TCP was up
+            transport.close()
+            return
         self._handshake()
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -145,17 +152,26 @@ class TLSTransport(asyncio.Transport, asyncio.BufferedProtocol):
                 ConnectionResetError("the server closed the connection during the TLS handshake")
             )
         elif self._state == _OPEN:
+            if self._paused and (self._incoming.pending or self._sslobj.pending()):
+                # Records wait for resume_reading (a proactor loop reports EOF while the
+                # application has reading paused): keep TCP, deliver the EOF after them.
+                self._eof_pending = True
+                return True
             # TCP ended without close_notify. Everything decrypted so far was delivered; a
             # WebSocket tells a truncated stream from a finished one by its closing handshake.
-            self._state = _CLOSING
-            self._app.eof_received()
+            self._end_of_stream()
         return False  # the TCP transport closes itself
+
+    def _end_of_stream(self) -> None:
+        self._state = _CLOSING
+        self._app.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         state = self._state
         self._state = _CLOSED
         self._tcp = None
-        lost = exc if exc is not None else self._exc
+        lost = self._exc if self._exc is not None else exc  # the TLS error, not what followed
+        self._exc = None
         if state == _HANDSHAKE:
             self._handshake_failed(
                 lost or ConnectionResetError("connection closed during the TLS handshake")
@@ -191,10 +207,19 @@ class TLSTransport(asyncio.Transport, asyncio.BufferedProtocol):
         self._flush()
         self._state = _OPEN
         waiter, self._waiter = self._waiter, None
-        self._app.connection_made(self)
+        try:
+            self._app.connection_made(self)
+        except Exception as exc:  # the application's failure ends the attempt, not the loop
+            self._state = _FAILED
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+            if self._tcp is not None:
+                self._tcp.close()
+            return
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if self._state == _OPEN and (self._incoming.pending or self._sslobj.pending()):
+        pending = self._incoming.pending or self._sslobj.pending()
+        if pending and self._state == _OPEN and not self._paused:
             self._read()  # records that came with the server's last flight
 
     def _handshake_failed(self, exc: BaseException) -> None:
@@ -238,20 +263,25 @@ class TLSTransport(asyncio.Transport, asyncio.BufferedProtocol):
             if eof or error is not None or not more or self._paused or self._state != _OPEN:
                 break
         if error is not None:
-            self._fatal(error)
+            self._fatal(error)  # strips its traceback: no frame -> traceback -> frame cycle
             return
         if self._backlog is not None and self._state == _OPEN:
             self._write_backlog()
         self._flush()  # what reading produced: key updates, renegotiation
         if eof and self._state == _OPEN:
-            self._state = _CLOSING
-            self._app.eof_received()
+            self._end_of_stream()
             self._shutdown()
 
     def _resume(self) -> None:
-        pending = self._incoming.pending or self._sslobj.pending()
-        if pending and self._state == _OPEN and not self._paused:
+        if self._state != _OPEN or self._paused:
+            return
+        if self._incoming.pending or self._sslobj.pending():
             self._read()
+        if self._eof_pending and self._state == _OPEN and not self._paused:
+            self._eof_pending = False
+            self._end_of_stream()
+            if self._tcp is not None:
+                self._tcp.close()
 
     def _encrypt(self, data: bytes | bytearray | memoryview) -> list[bytes] | None:
         """Encrypt and send ``data``; returns the backlog when a renegotiation held it back."""
@@ -270,7 +300,7 @@ class TLSTransport(asyncio.Transport, asyncio.BufferedProtocol):
                 n = sslobj.write(view[:_WRITE_CHUNK])
                 view = view[n:]
                 self._flush()
-        except _AGAIN:
+        except ssl.SSLWantReadError:
             # A renegotiation must read first: keep the rest for after the next read.
             backlog = self._backlog = [bytes(data if view is None else view)]
             self._flush()
@@ -282,6 +312,8 @@ class TLSTransport(asyncio.Transport, asyncio.BufferedProtocol):
     def _write_backlog(self) -> None:
         pending, self._backlog = self._backlog or [], None
         for i, data in enumerate(pending):
+            if self._state != _OPEN:
+                return  # failed meanwhile (_fatal): the rest cannot be sent
             held = self._encrypt(data)
             if held is not None:  # still renegotiating: the rest keeps its order
                 held.extend(pending[i + 1 :])
@@ -297,11 +329,13 @@ class TLSTransport(asyncio.Transport, asyncio.BufferedProtocol):
 
     def _fatal(self, exc: BaseException) -> None:
         logger.debug("TLS error, dropping the connection: %s", exc)
-        self._exc = exc
+        # Kept until connection_lost hands it on; without its traceback, which would pin the
+        # frames that read (and the buffers they held).
+        self._exc = without_traceback(exc)
         self._state = _CLOSING
-        self._flush()  # an alert, if OpenSSL wrote one
+        self._flush()  # an alert, if OpenSSL wrote one (sent now if the socket takes it)
         if self._tcp is not None:
-            self._tcp.close()
+            self._tcp.abort()  # not close(): a peer that stopped reading would keep it open
 
     # -- transport side (called by the application protocol) ------------------------------------
 
@@ -312,6 +346,8 @@ class TLSTransport(asyncio.Transport, asyncio.BufferedProtocol):
             return  # closing or closed: dropped, as asyncio's transports do
         if not data:
             return
+        if isinstance(data, memoryview) and data.itemsize != 1:
+            data = data.cast("B")  # lengths below count bytes
         if self._backlog is not None:
             self._backlog.append(bytes(data))
             return

@@ -160,21 +160,33 @@ async def _open_tls(
     host: str,
     port: int,
     sock: socket.socket | None,
+    handshake_timeout: float | None = _TLS_HANDSHAKE_TIMEOUT,
 ) -> None:
     """TLS over TCP (or over ``sock``) through :class:`~nhlink.transport.tlslayer.TLSTransport`:
-    returns once the handshake, verification included, succeeded and ``protocol`` is connected."""
+    returns once the handshake, verification included, succeeded and ``protocol`` is connected.
+    A handshake longer than ``handshake_timeout`` is :class:`ConnectTimeout`."""
     waiter: asyncio.Future[None] = loop.create_future()
-
-    def factory() -> TLSTransport:
-        return TLSTransport(loop, protocol, ssl_ctx, server_hostname, waiter, read_size)
-
-    if sock is not None:
-        transport, _ = await loop.create_connection(factory, sock=sock)
-    else:
-        transport, _ = await loop.create_connection(factory, host, port)
+    # A failure nobody awaits any more (the caller was cancelled) is not "never retrieved".
+    waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
     try:
-        async with asyncio.timeout(_TLS_HANDSHAKE_TIMEOUT):
+        # Before any socket: an invalid server name fails here, with nothing to clean up.
+        tls = TLSTransport(loop, protocol, ssl_ctx, server_hostname, waiter, read_size)
+    except ValueError as exc:  # UnicodeError included (an IDNA label too long, ...)
+        raise ConfigError(
+            "server_hostname", f"{server_hostname!r} is not a valid TLS server name: {exc}"
+        ) from exc
+    if sock is not None:
+        transport, _ = await loop.create_connection(lambda: tls, sock=sock)
+    else:
+        transport, _ = await loop.create_connection(lambda: tls, host, port)
+    try:
+        async with asyncio.timeout(handshake_timeout):
             await waiter
+    except TimeoutError as exc:  # ours: an open_timeout surfaces here as cancellation
+        transport.close()
+        raise ConnectTimeout(
+            f"the TLS handshake with {host}:{port} took longer than {handshake_timeout} s"
+        ) from exc
     except BaseException:
         transport.close()
         raise
@@ -641,7 +653,8 @@ class connect:
 
     * ``ssl``: an :class:`ssl.SSLContext` for ``wss://`` (default: system CAs, verification on).
     * ``extra_headers``: added to the upgrade request (e.g. NervesHub's ``x-nh-*`` headers).
-    * ``open_timeout``: limit on TCP + TLS + handshake, in seconds.
+    * ``open_timeout``: limit on TCP + TLS + handshake, in seconds (``None``: no overall limit;
+      a TLS handshake still ends after 60 s, as asyncio's does, with :class:`ConnectTimeout`).
     * ``max_message_size``: larger incoming messages fail the connection with 1009.
     * ``compression``: ``"deflate"`` or :class:`DeflateOptions` to offer permessage-deflate.
     * ``read_limit``: bytes of received messages buffered before reading from the socket pauses.
@@ -755,6 +768,8 @@ class connect:
                         host,
                         port,
                         tunnel,
+                        # open_timeout bounds the handshake; without one, asyncio's 60 s do
+                        None if self._open_timeout is not None else _TLS_HANDSHAKE_TIMEOUT,
                     )
                 elif tunnel is not None:
                     await loop.create_connection(
